@@ -1,0 +1,3 @@
+from locallearn.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""``locallearn train``: train one rule on one dataset and network."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from locallearn.cli import COMMANDS
+from locallearn.cli.config import merge, parse_set, read_config
+from locallearn.errors import UserError
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that trains."""
+    p.add_argument("--rule", help="learning rule (default backprop; see `locallearn list`)")
+    p.add_argument("--data", help="dataset name, e.g. mnist5k, digits, csv:PATH")
+    p.add_argument("--net", help="network spec, e.g. mlp:500,500 or cnn")
+    p.add_argument("--data-dir", help="folder holding downloaded datasets (mnist, cifar10, ...)")
+    p.add_argument("--label-column", help="csv data: name of the label column (default: last)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the rule's own)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"])
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["none", "cosine", "step"])
+    p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--config", help="YAML or TOML file of settings")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting; rule.X / data.X / net.X for their options")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+FLAG_KEYS = ("rule", "data", "net", "data_dir", "epochs", "batch_size", "lr", "optimizer",
+             "weight_decay", "schedule", "patience", "seed", "device")
+
+
+def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> dict:
+    file_cfg = read_config(args.config) if args.config else {}
+    flags = {k: getattr(args, k, None) for k in FLAG_KEYS}
+    if getattr(args, "label_column", None):
+        flags["data_options"] = {"label_column": args.label_column}
+    settings = merge(stored or {}, file_cfg, flags, parse_set(args.set))
+    settings.setdefault("rule", "backprop")
+    settings.setdefault("data", "mnist5k")
+    settings.setdefault("net", "mlp:500,500")
+    return settings
+
+
+def stored_settings(out: Path) -> dict:
+    """Settings of the run being resumed, so ``--resume --out DIR`` alone continues it."""
+    path = out / "config.json"
+    if not path.exists():
+        raise UserError(f"cannot resume: {path} not found; train without --resume first")
+    cfg = json.loads(path.read_text())
+    keep = {k: v for k, v in cfg.get("train", {}).items()
+            if k in FLAG_KEYS and k not in ("device",)}
+    for k in ("rule", "data", "net", "data_dir", "rule_options", "data_options", "net_options"):
+        if cfg.get(k) is not None:
+            keep[k] = cfg[k]
+    return keep
+
+
+def run_settings(settings: dict, out: str | None, quiet: bool, resume: bool = False,
+                 overwrite: bool = False):
+    from locallearn.training import train
+
+    s = dict(settings)
+    return train(
+        rule=s.pop("rule"), data=s.pop("data"), net=s.pop("net"),
+        data_dir=s.pop("data_dir", None), data_options=s.pop("data_options", None),
+        net_options=s.pop("net_options", None), rule_options=s.pop("rule_options", None),
+        out=out, quiet=quiet, resume=resume, overwrite=overwrite, **s,
+    )
+
+
+class Train:
+    """train one rule on one dataset and network; writes OUT/summary.json"""
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        add_run_arguments(p)
+        p.add_argument("--out", help="run directory (summary.json, metrics.jsonl, checkpoints)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out")
+        p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+
+    @staticmethod
+    def run(args: argparse.Namespace) -> int:
+        stored = stored_settings(Path(args.out)) if args.resume and args.out else None
+        settings = settings_from_args(args, stored)
+        result = run_settings(settings, args.out, args.quiet, args.resume, args.overwrite)
+        s = result.summary
+        line = (f"{s['rule']} on {s['data']} ({s['net']}): test accuracy {s['test_accuracy']:.4f} "
+                f"after {s['epochs']} epochs, {s['train_seconds']:.1f} s training, "
+                f"{s['samples_per_second'] or 0:.0f} samples/s, "
+                f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB ({s['device']})")
+        print(line)
+        if s.get("per_layer_test_accuracy"):
+            print("per-block test accuracy: "
+                  + ", ".join(f"{a:.4f}" for a in s["per_layer_test_accuracy"]))
+        if args.out:
+            print(f"wrote {Path(args.out) / 'summary.json'}")
+        return 0
+
+
+COMMANDS.register("train", help=Train.__doc__)(Train)

@@ -1,0 +1,62 @@
+"""Networks: spec strings (``mlp:500,500``, ``cnn``) -> :class:`Network`.
+
+``create_network("mlp:500,500", input_shape=(1, 28, 28), num_classes=10)``.
+Builders register under the spec's family name; the part after ``:`` is
+passed to the builder as ``argument``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from locallearn.errors import UserError
+from locallearn.networks.network import BlackBox, Block, Network
+from locallearn.registry import Registry, import_submodules
+
+NETWORKS: Registry = Registry("network")
+
+
+def create_network(
+    spec: str, input_shape: Sequence[int], num_classes: int, **options: Any
+) -> Network:
+    family, _, argument = spec.partition(":")
+    builder = NETWORKS.get(family)
+    try:
+        net = builder(argument, tuple(input_shape), num_classes, **options)
+    except TypeError as exc:
+        raise UserError(f"network {spec!r}: bad option ({exc})") from None
+    net.spec = spec
+    return net
+
+
+def from_modules(
+    blocks: Sequence[nn.Module], head: nn.Module | None, input_shape: Sequence[int],
+    num_classes: int,
+) -> Network:
+    """Wrap any list of modules as blocks (Python API)."""
+    return Network(blocks, head, input_shape, num_classes, spec="custom")
+
+
+def parse_int_list(spec: str, argument: str, default: Sequence[int]) -> list[int]:
+    """``"500,500"`` -> ``[500, 500]``, with a one-line error for anything else."""
+    if not argument:
+        return list(default)
+    try:
+        values = [int(v) for v in argument.split(",")]
+    except ValueError:
+        raise UserError(
+            f"malformed network spec {spec!r}: expected comma-separated positive integers "
+            f"like 'mlp:500,500'"
+        ) from None
+    if not values or any(v <= 0 for v in values):
+        raise UserError(f"malformed network spec {spec!r}: sizes must be positive integers")
+    return values
+
+
+import_submodules(__name__)
+
+__all__ = ["NETWORKS", "BlackBox", "Block", "Network", "create_network", "from_modules",
+           "parse_int_list"]

@@ -1,0 +1,133 @@
+"""The Rule interface: what every learning rule provides to the training loop.
+
+A rule owns the maths of one training step and any state the paper adds
+(readouts, fixed random feedback matrices, label embeddings). The loop
+(:class:`locallearn.training.Trainer`) owns devices, optimisers, logging and
+checkpoints.
+
+One step of training is::
+
+    losses = rule.losses(x, y)          # one scalar per parameter group
+    sum(losses).backward()              # groups are disjoint: each loss reaches only its group
+    for opt in optimisers: opt.step()   # one optimiser per group
+    rule.after_step()
+
+*Locality* is the contract that ``losses[k]`` yields gradients only for
+``param_groups()[k]``; :func:`locallearn.testing.assert_local` checks it for
+every rule. Rules whose update is not the gradient of a natural loss (DFA,
+PEPITA, ...) return a surrogate whose gradient *is* the update, e.g.
+``(h * delta.detach()).sum()`` for a projected error ``delta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from locallearn.data.base import Task
+from locallearn.errors import UserError
+from locallearn.networks.network import Network
+
+
+@dataclass
+class ParamGroup:
+    """Parameters trained by one local objective, with their own optimiser."""
+
+    name: str
+    params: list[nn.Parameter]
+    # Optimiser settings that override the run's (e.g. a readout's learning rate).
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Rule(nn.Module):
+    """Base class of learning rules. Subclasses register with ``@RULES.register(name)``.
+
+    Class attributes:
+        defaults: training settings the rule works best with (epochs, lr, optimizer,
+            batch_size, ...); the CLI and config files override them.
+        needs_gradient_through_blocks: True when the rule differentiates through
+            blocks other than the one being trained (backprop, fa); such rules
+            refuse networks with black-box blocks.
+        supports_kinds: data kinds the rule handles ("image", "signal", "vector",
+            "graph", "text").
+    """
+
+    name: ClassVar[str] = "rule"
+    defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128,
+    }
+    needs_gradient_through_blocks: ClassVar[bool] = False
+    supports_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "vector")
+
+    def __init__(self, network: Network, task: Task) -> None:
+        super().__init__()
+        self.network = network
+        self.task = task
+        if task.kind not in self.supports_kinds:
+            raise UserError(
+                f"rule {self.name!r} does not support {task.kind} data "
+                f"(supports: {', '.join(self.supports_kinds)})"
+            )
+        if self.needs_gradient_through_blocks and network.has_black_box:
+            raise UserError(
+                f"rule {self.name!r} needs gradients through every block, but the network has a "
+                f"black-box block; use a local rule (e.g. mono-forward, local, ff)"
+            )
+
+    # -- training ---------------------------------------------------------
+    def param_groups(self) -> list[ParamGroup]:
+        """Disjoint groups of trainable parameters, one per local objective."""
+        raise NotImplementedError
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        """One scalar per parameter group; ``losses[k]`` may only reach group ``k``."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after the optimisers stepped (e.g. to renormalise weights)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Called by the loop at the end of each epoch."""
+
+    # -- inference --------------------------------------------------------
+    def predict(self, x: Tensor) -> Tensor:
+        """Class scores (batch, classes); larger is more likely."""
+        return self.network(x)
+
+    def block_scores(self, x: Tensor) -> list[Tensor] | None:
+        """Class scores from each block's own readout, or None if the rule has none."""
+        return None
+
+    # -- helpers for subclasses -------------------------------------------
+    def block_groups(self, extra: dict[int, list[nn.Module]] | None = None) -> list[ParamGroup]:
+        """One group per block (plus modules in ``extra[k]``), then the head."""
+        extra = extra or {}
+        groups = []
+        for k, block in enumerate(self.network.blocks):
+            params = [p for p in block.parameters() if p.requires_grad]
+            for m in extra.get(k, []):
+                params += [p for p in m.parameters() if p.requires_grad]
+            if params:
+                groups.append(ParamGroup(f"block{k}", params))
+        if self.network.head is not None:
+            params = [p for p in self.network.head.parameters() if p.requires_grad]
+            for m in extra.get(len(self.network.blocks), []):
+                params += [p for p in m.parameters() if p.requires_grad]
+            if params:
+                groups.append(ParamGroup("head", params))
+        return groups
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-serialisable state beyond tensors (saved in checkpoints)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy that skips targets equal to IGNORE_INDEX (-100)."""
+    return torch.nn.functional.cross_entropy(scores, y, ignore_index=-100)

@@ -1,0 +1,37 @@
+"""Optimisers and learning-rate schedules, one per parameter group."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from locallearn.errors import UserError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0,
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    if lr <= 0:
+        raise UserError(f"learning rate must be positive, got {lr}; e.g. --lr 1e-3")
+    params = list(params)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def make_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):
+    if name == "none":
+        return None
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,65 @@
+"""Build dataset, network and rule by name, then train: what ``locallearn train`` does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from locallearn.data import load_dataset
+from locallearn.networks import create_network
+from locallearn.rules import RULES, Rule, create_rule
+from locallearn.training.trainer import TrainConfig, Trainer
+
+TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+
+
+@dataclass
+class TrainResult:
+    summary: dict[str, Any]
+    rule: Rule
+    dataset: Any
+
+
+def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = None,
+          data_options: dict | None = None, net_options: dict | None = None,
+          rule_options: dict | None = None):
+    """Dataset, network and rule, seeded so the same seed gives the same start."""
+    dataset = load_dataset(data, seed=seed, data_dir=data_dir, **(data_options or {}))
+    RULES.get(rule)  # fail on an unknown rule before any work
+    torch.manual_seed(seed)
+    network = create_network(net, dataset.task.input_shape, dataset.task.num_classes,
+                             **(net_options or {}))
+    learner = create_rule(rule, network, dataset.task, **(rule_options or {}))
+    return dataset, learner
+
+
+def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500",
+          data_dir: str | None = None, data_options: dict | None = None,
+          net_options: dict | None = None, rule_options: dict | None = None,
+          **train_options: Any) -> TrainResult:
+    """Train one rule; the summary is also written to ``out/summary.json``.
+
+    ``train_options`` are :class:`TrainConfig` fields; those left out take the
+    rule's own defaults (``Rule.defaults``), then TrainConfig's.
+    """
+    rule_cls = RULES.get(rule)
+    settings = {k: v for k, v in rule_cls.defaults.items() if k in TRAIN_KEYS}
+    settings.update({k: v for k, v in train_options.items() if v is not None})
+    unknown = set(settings) - TRAIN_KEYS
+    if unknown:
+        from locallearn.errors import UserError
+
+        raise UserError(f"unknown training option {sorted(unknown)[0]!r}; "
+                        f"known: {', '.join(sorted(TRAIN_KEYS))}")
+    config = TrainConfig(**settings)
+    config.validate()
+    dataset, learner = build(rule, data, net, config.seed, data_dir, data_options, net_options,
+                             rule_options)
+    run_info = {"rule": rule, "data": data, "net": net, "rule_options": rule_options or {},
+                "data_options": data_options or {}, "net_options": net_options or {},
+                "data_dir": str(data_dir) if data_dir else None}
+    trainer = Trainer(config, run_info)
+    summary = trainer.fit(learner, dataset)
+    return TrainResult(summary, learner, dataset)

@@ -1,0 +1,326 @@
+"""The training loop: devices, optimisers, evaluation, logging, checkpoints.
+
+The rule owns the maths (:meth:`Rule.losses`); the :class:`Trainer` owns
+everything around it, the same for every rule so that comparisons are fair.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from locallearn.data.base import IGNORE_INDEX
+from locallearn.errors import UserError
+from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.rules.base import Rule
+from locallearn.training.checkpoint import (
+    flatten_optimizer,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from locallearn.training.optim import make_optimizer, make_schedule
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json",
+             "best.safetensors", "best.json", "config.json")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    patience: int = 0  # early stopping: epochs without val improvement; 0 = off
+    device: str = "auto"
+    seed: int = 0
+    out: str | None = None
+    quiet: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint: bool = True
+    measure_memory: bool = True
+    eval_batch_size: int = 1024
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
+
+    def validate(self) -> None:
+        if self.epochs < 0:
+            raise UserError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise UserError(f"batch size must be positive, got {self.batch_size}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"learning rate must be positive, got {self.lr}; e.g. --lr 1e-3")
+        if self.patience < 0:
+            raise UserError(f"patience must be >= 0, got {self.patience}")
+        if self.resume and not self.out:
+            raise UserError("--resume needs --out pointing at the run directory to continue")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}; use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def to_device(obj: Any, device: torch.device) -> Any:
+    if hasattr(obj, "to"):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(o, device) for o in obj)
+    return obj
+
+
+def count_correct(scores: Tensor, y: Tensor) -> tuple[int, int]:
+    mask = y != IGNORE_INDEX
+    return int((scores.argmax(-1)[mask] == y[mask]).sum()), int(mask.sum())
+
+
+@torch.no_grad()
+def evaluate(rule: Rule, loader, device: torch.device, per_block: bool = True) -> dict[str, Any]:
+    """Accuracy of ``rule.predict`` (and of every block's readout, if any)."""
+    was_training = rule.training
+    rule.eval()
+    correct = total = 0
+    block_correct: list[int] | None = None
+    for x, y in loader:
+        x, y = to_device(x, device), to_device(y, device)
+        c, n = count_correct(rule.predict(x), y)
+        correct, total = correct + c, total + n
+        if per_block:
+            scores = rule.block_scores(x)
+            if scores is not None:
+                counts = [count_correct(s, y)[0] for s in scores]
+                block_correct = counts if block_correct is None else [
+                    a + b for a, b in zip(block_correct, counts, strict=True)]
+    rule.train(was_training)
+    total = max(total, 1)
+    return {
+        "accuracy": correct / total,
+        "per_block_accuracy": None if block_correct is None else [c / total for c in block_correct],
+    }
+
+
+class Trainer:
+    """Trains a rule on a dataset and writes the run directory.
+
+    Files in ``out``: ``config.json``, ``metrics.jsonl`` (one line per epoch),
+    ``checkpoint.*`` (latest epoch, for ``resume``), ``best.*`` (best
+    validation accuracy) and ``summary.json``.
+    """
+
+    def __init__(self, config: TrainConfig, run_info: dict[str, Any] | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.run_info = dict(run_info or {})
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out) if config.out else None
+
+    # -- run directory -------------------------------------------------------
+    def _prepare_out(self) -> None:
+        if self.out is None:
+            return
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out} exists and is not a directory")
+        existing = [f for f in RUN_FILES if (self.out / f).exists()]
+        if self.config.resume:
+            return
+        if existing and not self.config.overwrite:
+            raise UserError(
+                f"{self.out} already holds a run ({existing[0]}); pass --overwrite to replace it "
+                f"or --resume to continue it"
+            )
+        for f in existing:
+            (self.out / f).unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out is not None:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    # -- state ---------------------------------------------------------------
+    def _state_tensors(self, rule: Rule, optimizers) -> tuple[dict[str, Tensor], list[dict]]:
+        tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
+        rests = []
+        for i, opt in enumerate(optimizers):
+            t, rest = flatten_optimizer(f"optim.{i}", opt.state_dict())
+            tensors.update(t)
+            rests.append(rest)
+        tensors["rng.torch"] = torch.get_rng_state()
+        return tensors, rests
+
+    def _save(self, rule, optimizers, schedules, epoch, best, history, stem="checkpoint"):
+        tensors, optim_rest = self._state_tensors(rule, optimizers)
+        meta = {
+            "epoch": epoch,
+            "best": best,
+            "history": history,
+            "optimizers": optim_rest,
+            "schedules": [s.state_dict() if s else None for s in schedules],
+            "rule_extra": rule.extra_state(),
+            "run": self.run_info,
+        }
+        save_checkpoint(self.out, tensors, meta, stem=stem)
+
+    def _load_rule_tensors(self, rule: Rule, tensors: dict[str, Tensor]) -> None:
+        state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
+        try:
+            rule.load_state_dict(state)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"checkpoint in {self.out} does not fit this rule/network "
+                            f"({first}); resume with the same --rule/--net/--data") from None
+
+    # -- the loop ------------------------------------------------------------
+    def fit(self, rule: Rule, dataset) -> dict[str, Any]:
+        cfg = self.config
+        self._prepare_out()
+        torch.manual_seed(cfg.seed)
+        rule.to(self.device)
+        groups = rule.param_groups()
+        optimizers = [
+            make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
+                           lr=g.options.get("lr", cfg.lr),
+                           weight_decay=g.options.get("weight_decay", cfg.weight_decay),
+                           momentum=cfg.momentum)
+            for g in groups
+        ]
+        schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
+
+        start_epoch, history = 0, []
+        best = {"val_accuracy": -1.0, "epoch": -1}
+        if cfg.resume:
+            tensors, meta = load_checkpoint(self.out)
+            self._load_rule_tensors(rule, tensors)
+            for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
+                opt.load_state_dict(unflatten_optimizer(rest, tensors))
+            for sch, st in zip(schedules, meta["schedules"], strict=True):
+                if sch is not None and st is not None:
+                    sch.load_state_dict(st)
+            rule.load_extra_state(meta.get("rule_extra", {}))
+            torch.set_rng_state(tensors["rng.torch"])
+            start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
+        elif self.out is not None:
+            (self.out / "config.json").write_text(json.dumps(
+                {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
+
+        meter = MemoryMeter()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        train_seconds = sum(h["train_seconds"] for h in history)
+        samples_seen = sum(h["samples"] for h in history)
+        progress = _progress(range(start_epoch, cfg.epochs), cfg.quiet, rule.name)
+        stopped_early = False
+        for epoch in progress:
+            rule.train()
+            t0 = time.perf_counter()
+            loss_sum, n_batches, n_samples = None, 0, 0
+            loader = dataset.loader("train", cfg.batch_size, shuffle=True,
+                                    seed=cfg.seed * 100_003 + epoch)
+            for x, y in loader:
+                x, y = to_device(x, self.device), to_device(y, self.device)
+                if cfg.measure_memory:
+                    with meter.track():
+                        losses = self._step(rule, optimizers, x, y)
+                else:
+                    losses = self._step(rule, optimizers, x, y)
+                loss_sum = losses if loss_sum is None else loss_sum + losses
+                n_batches += 1
+                n_samples += int(y.shape[0]) if hasattr(y, "shape") else 1
+            for sch in schedules:
+                if sch is not None:
+                    sch.step()
+            rule.on_epoch_end(epoch)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            samples_seen += n_samples
+
+            val = evaluate(rule, dataset.loader("val", cfg.eval_batch_size), self.device,
+                           per_block=False)
+            losses_mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
+            record = {"epoch": epoch, "loss": losses_mean, "val_accuracy": val["accuracy"],
+                      "train_seconds": epoch_seconds, "samples": n_samples,
+                      "elapsed_train_seconds": train_seconds}
+            history.append(record)
+            self._log(record)
+            improved = val["accuracy"] > best["val_accuracy"]
+            if improved:
+                best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+            if self.out is not None and cfg.checkpoint:
+                if improved:
+                    self._save(rule, optimizers, schedules, epoch, best, history, stem="best")
+                self._save(rule, optimizers, schedules, epoch, best, history)
+            if hasattr(progress, "set_postfix"):
+                progress.set_postfix(loss=f"{sum(losses_mean):.4f}" if losses_mean else "-",
+                                     val=f"{val['accuracy']:.4f}")
+            if cfg.patience and epoch - best["epoch"] >= cfg.patience:
+                stopped_early = True
+                break
+
+        # Early stopping keeps the weights of the best validation epoch.
+        if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
+            tensors, _ = load_checkpoint(self.out, stem="best")
+            self._load_rule_tensors(rule, tensors)
+
+        test = evaluate(rule, dataset.loader("test", cfg.eval_batch_size), self.device)
+        memory = meter.report(rule, optimizers, self.device)
+        summary = {
+            **self.run_info,
+            "epochs": len(history),
+            "epochs_requested": cfg.epochs,
+            "seed": cfg.seed,
+            "test_accuracy": test["accuracy"],
+            "best_val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+            "per_layer_test_accuracy": test["per_block_accuracy"],
+            "train_seconds": train_seconds,
+            "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
+            "peak_memory_bytes": memory["peak_memory_bytes"],
+            "memory": memory,
+            "stopped_early": stopped_early,
+            "num_parameters": sum(p.numel() for p in rule.parameters()),
+            "device": str(self.device),
+            "torch_version": torch.__version__,
+            "hardware": hardware_info(self.device),
+            "train_config": asdict(cfg),
+        }
+        if self.out is not None:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        self.optimizers = optimizers
+        return summary
+
+    def _step(self, rule: Rule, optimizers, x, y) -> Tensor:
+        losses = rule.losses(x, y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        if total.requires_grad:
+            total.backward()
+        for opt in optimizers:
+            opt.step()
+        rule.after_step()
+        return torch.stack([loss.detach() for loss in losses])
+
+
+def _progress(iterable, quiet: bool, desc: str):
+    if quiet:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, unit="epoch", dynamic_ncols=True, leave=False)

@@ -1,0 +1,35 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing when pytest runs in parallel with other work.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from locallearn.data import load_dataset
+
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from locallearn.data import load_dataset
+
+    return load_dataset("mnist5k", seed=0)
+
+
+def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m locallearn ARGS`` and capture its output."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", "locallearn", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
