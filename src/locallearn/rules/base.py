@@ -90,7 +90,10 @@ class Rule(nn.Module):
         """Called after the optimisers stepped (e.g. to renormalise weights)."""
 
     def on_epoch_end(self, epoch: int) -> None:
-        """Called by the loop at the end of each epoch."""
+        """Called by the loop at the end of each epoch, before validation."""
+
+    def on_validation(self, result: dict[str, Any]) -> None:
+        """Called with each validation result (``accuracy``, ``per_block_accuracy``)."""
 
     # -- inference --------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:
@@ -131,3 +134,73 @@ class Rule(nn.Module):
 def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy that skips targets equal to IGNORE_INDEX (-100)."""
     return torch.nn.functional.cross_entropy(scores, y, ignore_index=-100)
+
+
+class BlockwiseRule(Rule):
+    """A rule whose block ``k`` learns from its own output, its input and the labels only.
+
+    Subclasses describe one block's step; the class strings them together::
+
+        h = prepare(x, y)                       # e.g. write labels into the input
+        for k, block in enumerate(blocks):
+            out = block(block_input(k, h))      # block_input detaches (and may normalise)
+            loss_k = block_loss(k, out, y)      # the block's own objective
+            h = out
+        loss_head = head_loss(h, y)             # the head learns on detached features
+
+    Because nothing but ``h`` crosses a block boundary, such rules can also be
+    split into pipeline stages (:mod:`locallearn.parallel`) with no signal
+    sent backwards.
+    """
+
+    # True when the network's head is the last block's own readout (trained by the
+    # last block's loss) rather than a separate classifier on detached features.
+    head_in_last_block: ClassVar[bool] = False
+
+    def readouts(self) -> dict[int, list[nn.Module]]:
+        """Modules trained together with block ``k`` (its readout), by block index.
+
+        The key ``len(blocks)`` adds modules to the head's group.
+        """
+        return {}
+
+    def param_groups(self) -> list[ParamGroup]:
+        extra = {k: list(v) for k, v in self.readouts().items()}
+        if self.head_in_last_block and self.network.head is not None:
+            extra.setdefault(len(self.network.blocks) - 1, []).append(self.network.head)
+            groups = self.block_groups(extra)
+            return [g for g in groups if g.name != "head"]
+        return self.block_groups(extra)
+
+    def prepare(self, x: Tensor, y: Tensor | None) -> Tensor:
+        return x
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return h.detach()
+
+    def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(h.detach()), y)
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        h = self.prepare(x, y)
+        out = []
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            if block.trainable:
+                out.append(self.block_loss(k, h, y))
+        if (self.network.head is not None and not self.head_in_last_block
+                and any(p.requires_grad for p in self.network.head.parameters())):
+            out.append(self.head_loss(h, y))
+        return out
+
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Every block's output at inference (no labels)."""
+        h = self.prepare(x, None)
+        outs = []
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            outs.append(h)
+        return outs

@@ -251,10 +251,11 @@ class Trainer:
             train_seconds += epoch_seconds
             samples_seen += n_samples
 
-            val = evaluate(rule, dataset.loader("val", cfg.eval_batch_size), self.device,
-                           per_block=False)
+            val = evaluate(rule, dataset.loader("val", cfg.eval_batch_size), self.device)
+            rule.on_validation(val)
             losses_mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
             record = {"epoch": epoch, "loss": losses_mean, "val_accuracy": val["accuracy"],
+                      "val_per_block_accuracy": val["per_block_accuracy"],
                       "train_seconds": epoch_seconds, "samples": n_samples,
                       "elapsed_train_seconds": train_seconds}
             history.append(record)
