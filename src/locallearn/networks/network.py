@@ -69,8 +69,10 @@ class Network(nn.Module):
         input_shape: Sequence[int],
         num_classes: int,
         spec: str = "custom",
+        readout_builder: Callable[[Block, int], nn.Module] | None = None,
     ) -> None:
         super().__init__()
+        self.readout_builder = readout_builder
         self.blocks = nn.ModuleList(
             [b if isinstance(b, Block) else Block(b, name=f"block{i}")
              for i, b in enumerate(blocks)]
@@ -111,6 +113,18 @@ class Network(nn.Module):
             x = block(x)
             outs.append(x)
         return outs
+
+    def make_readout(self, k: int, num_outputs: int | None = None) -> nn.Module:
+        """A fresh readout from block ``k``'s output to class scores, for local rules.
+
+        Flatten + linear by default; network families with structured outputs
+        (token sequences, graphs) pass their own ``readout_builder``.
+        """
+        n = num_outputs or self.num_classes
+        block = self.blocks[k]
+        if self.readout_builder is not None:
+            return self.readout_builder(block, n)
+        return nn.Sequential(nn.Flatten(), nn.Linear(block.out_features, n))
 
     @property
     def has_black_box(self) -> bool:

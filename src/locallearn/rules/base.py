@@ -132,7 +132,13 @@ class Rule(nn.Module):
 
 
 def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy that skips targets equal to IGNORE_INDEX (-100)."""
+    """Cross-entropy that skips targets equal to IGNORE_INDEX (-100).
+
+    Scores may carry extra positions before the class dim (batch, length, classes)
+    with targets (batch, length), as for next-token prediction.
+    """
+    if scores.dim() > 2:
+        scores, y = scores.reshape(-1, scores.shape[-1]), y.reshape(-1)
     return torch.nn.functional.cross_entropy(scores, y, ignore_index=-100)
 
 

@@ -37,8 +37,7 @@ class MonoForward(BlockwiseRule):
         self.predict_from = predict_from
         self.best_block = len(network.blocks) - 1
         self.projections = nn.ModuleList(
-            [nn.Sequential(nn.Flatten(), nn.Linear(b.out_features, task.num_classes, bias=False))
-             for b in network.blocks[:-1]]
+            [network.make_readout(k) for k in range(len(network.blocks) - 1)]
         )
 
     def readouts(self) -> dict[int, list[nn.Module]]:

@@ -251,7 +251,7 @@ class Trainer:
             train_seconds += epoch_seconds
             samples_seen += n_samples
 
-            val = evaluate(rule, dataset.loader("val", cfg.eval_batch_size), self.device)
+            val = self._evaluate(rule, dataset, "val")
             rule.on_validation(val)
             losses_mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
             record = {"epoch": epoch, "loss": losses_mean, "val_accuracy": val["accuracy"],
@@ -279,7 +279,7 @@ class Trainer:
             tensors, _ = load_checkpoint(self.out, stem="best")
             self._load_rule_tensors(rule, tensors)
 
-        test = evaluate(rule, dataset.loader("test", cfg.eval_batch_size), self.device)
+        test = self._evaluate(rule, dataset, "test")
         memory = meter.report(rule, optimizers, self.device)
         summary = {
             **self.run_info,
@@ -290,6 +290,8 @@ class Trainer:
             "best_val_accuracy": best["val_accuracy"],
             "best_epoch": best["epoch"],
             "per_layer_test_accuracy": test["per_block_accuracy"],
+            **{f"test_{k}": v for k, v in test.items()
+               if k not in ("accuracy", "per_block_accuracy")},
             "train_seconds": train_seconds,
             "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
             "peak_memory_bytes": memory["peak_memory_bytes"],
@@ -305,6 +307,20 @@ class Trainer:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         self.optimizers = optimizers
         return summary
+
+    def _evaluate(self, rule: Rule, dataset, split: str) -> dict[str, Any]:
+        """The dataset's own evaluation if it has one (graphs, text), else accuracy.
+
+        A custom ``dataset.evaluate(rule, split, device, batch_size)`` returns a dict
+        with ``accuracy`` and ``per_block_accuracy`` plus any extra metrics, which
+        land in summary.json as ``test_<name>``.
+        """
+        custom = getattr(dataset, "evaluate", None)
+        if custom is not None:
+            result = custom(rule, split, self.device, self.config.eval_batch_size)
+            result.setdefault("per_block_accuracy", None)
+            return result
+        return evaluate(rule, dataset.loader(split, self.config.eval_batch_size), self.device)
 
     def _step(self, rule: Rule, optimizers, x, y) -> Tensor:
         losses = rule.losses(x, y)
