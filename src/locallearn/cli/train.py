@@ -97,6 +97,8 @@ class Train:
                 f"{s['samples_per_second'] or 0:.0f} samples/s, "
                 f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB ({s['device']})")
         print(line)
+        if s.get("test_perplexity") is not None:
+            print(f"test perplexity {s['test_perplexity']:.3f}")
         if s.get("per_layer_test_accuracy"):
             print("per-block test accuracy: "
                   + ", ".join(f"{a:.4f}" for a in s["per_layer_test_accuracy"]))

@@ -70,9 +70,11 @@ class Network(nn.Module):
         num_classes: int,
         spec: str = "custom",
         readout_builder: Callable[[Block, int], nn.Module] | None = None,
+        input_dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.readout_builder = readout_builder
+        self.input_dtype = input_dtype
         self.blocks = nn.ModuleList(
             [b if isinstance(b, Block) else Block(b, name=f"block{i}")
              for i, b in enumerate(blocks)]
@@ -87,7 +89,7 @@ class Network(nn.Module):
     def _infer_shapes(self) -> None:
         was_training = self.training
         self.eval()
-        h = torch.zeros(2, *self.input_shape)
+        h = torch.zeros(2, *self.input_shape, dtype=self.input_dtype)
         for block in self.blocks:
             block.in_shape = tuple(h.shape[1:])
             h = block(h)

@@ -18,6 +18,7 @@ class Backprop(Rule):
     name = "backprop"
     needs_gradient_through_blocks = True
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    supports_kinds = ("image", "signal", "vector", "graph", "text")
 
     def param_groups(self) -> list[ParamGroup]:
         return [ParamGroup("network", [p for p in self.network.parameters() if p.requires_grad])]

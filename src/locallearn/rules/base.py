@@ -193,9 +193,12 @@ class BlockwiseRule(Rule):
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         h = self.prepare(x, y)
         out = []
+        readouts = self.readouts()
+        last = len(self.network.blocks) - 1
         for k, block in enumerate(self.network.blocks):
             h = block(self.block_input(k, h))
-            if block.trainable:
+            # A block with nothing to train (a black box without readout) has no group.
+            if block.trainable or readouts.get(k) or (self.head_in_last_block and k == last):
                 out.append(self.block_loss(k, h, y))
         if (self.network.head is not None and not self.head_in_last_block
                 and any(p.requires_grad for p in self.network.head.parameters())):

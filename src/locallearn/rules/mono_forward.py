@@ -27,6 +27,7 @@ from locallearn.rules.base import BlockwiseRule, cross_entropy
 class MonoForward(BlockwiseRule):
     name = "mono-forward"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    supports_kinds = ("image", "signal", "vector", "graph", "text")
     head_in_last_block = True
 
     def __init__(self, network: Network, task: Task, predict_from: str = "last") -> None:
