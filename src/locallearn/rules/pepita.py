@@ -1,0 +1,81 @@
+"""PEPITA: Present the Error to Perturb the Input To modulate Activity
+(Dellaferrera & Kreiman, "Error-driven Input Modulation: Solving the Credit
+Assignment Problem without a Backward Pass", ICML 2022).
+
+Algorithm (per mini-batch; two forward passes, no backward pass):
+    standard pass:   h_0 = x,              h_l = f(W_l h_{l-1}),          e = softmax(h_L) - y
+    modulated pass:  h_0^err = x + e F,    h_l^err = f(W_l h_{l-1}^err)   # F FIXED random,
+                                                                          #   classes x input size
+    updates:         dW_1 = (h_1 - h_1^err) (h_0^err)^T
+                     dW_l = (h_l - h_l^err) (h_{l-1}^err)^T
+                     dW_L = e (h_{L-1}^err)^T                              # the head
+                     W_l <- W_l - lr * dW_l   (SGD with momentum)
+
+Each update is the gradient of a surrogate on the modulated pass:
+``sum(h_l^err * (h_l - h_l^err).detach()) / n`` for block l (input detached)
+and ``sum(head(h_{L-1}^err) * e) / n`` for the head, so one backward pass of
+the summed losses applies exactly these updates, block by block.
+
+Defaults follow the paper's MNIST setting: SGD, momentum 0.9, lr 0.1 (scaled
+with the batch-mean update), batch 64, F uniform in
+``±f_scale * sqrt(6 / input size)`` with ``f_scale = 0.05``.
+
+Deviations from the paper: the surrogate of block l passes through the block's
+own nonlinearity, so the update is gated by ``f'`` of the modulated pass (for
+ReLU: a unit silent in the modulated pass does not update; the paper uses the
+raw difference). For the cnn, blocks are conv -> ReLU -> pool and the difference
+is taken at the block's output. No dropout and no learning-rate decay at
+epochs 60/90 unless asked for (``--schedule``); the epoch budget is set by the
+benchmark's time target (see docs/feedback_rules.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from locallearn.data.base import Task
+from locallearn.errors import UserError
+from locallearn.networks.network import Network
+from locallearn.rules import RULES
+from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
+from locallearn.rules.base import ParamGroup, Rule
+
+
+@RULES.register("pepita", help="PEPITA: second forward pass on the input modulated by F e")
+class PEPITA(Rule):
+    name = "pepita"
+    defaults = {"epochs": 100, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "batch_size": 64}
+
+    def __init__(self, network: Network, task: Task, f_scale: float = 0.05) -> None:
+        super().__init__(network, task)
+        if network.head is None:
+            raise UserError("pepita needs a network with an output head (the error is taken there)")
+        if not f_scale > 0:
+            raise UserError(f"pepita f_scale must be positive, got {f_scale}")
+        inputs = math.prod(task.input_shape)
+        self.register_buffer(
+            "feedback", random_matrix(task.num_classes, inputs, f_scale * math.sqrt(6 / inputs)))
+
+    def param_groups(self) -> list[ParamGroup]:
+        return self.block_groups()
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        n = count_valid(y)
+        # Standard pass: activities and output error, no graph needed.
+        with torch.no_grad():
+            clean = self.network.features(x)
+            e = torch.softmax(self.network.head(clean[-1]), -1) - one_hot(y, self.task.num_classes)
+            e[y == -100] = 0.0
+        # Modulated pass: the error, projected by F, is added to the input.
+        h = x + project(e, self.feedback, self.task.input_shape)
+        out = []
+        for block, h_clean in zip(self.network.blocks, clean, strict=True):
+            h = block(h.detach())
+            if block.trainable:
+                out.append(surrogate(h, h_clean - h, n))
+        if any(p.requires_grad for p in self.network.head.parameters()):
+            out.append(surrogate(self.network.head(h.detach()), e, n))
+        return out

@@ -1,0 +1,90 @@
+"""Target Projection SGD, tpSGD (Lomnitz, Daniels, Zhang & Piacentino, "Learning
+with Local Gradients at the Edge", AAAI 2023).
+
+Algorithm (per mini-batch, every block at once, forward passes only):
+    h_k = f_k(h_{k-1})                      # block k; input detached
+    t_k = onehot(y) P_k                     # local target: FIXED random projection of the label
+    block k:  minimise  loss(h_k, t_k)      # any differentiable loss (``loss`` option):
+                                            #   mse  -> (t_k - h_k) ⊙ f'(a_k) delta rule
+                                            #   l1   -> sign(t_k - h_k) ⊙ f'(a_k)
+                                            #   huber (smooth l1), cosine
+    head:     minimise  cross_entropy(head(h_L), y)   # head input detached
+
+tpSGD generalises DRTP: DRTP's update is the gradient of the *linear* loss
+``-<h_k, t_k>`` (no target to reach, only a direction), tpSGD regresses h_k
+onto the projected target with a real loss, so updates vanish once the block
+produces its class's code.
+
+Deviations from the paper: targets are set at each block's output (a block of
+the cnn is conv -> ReLU -> pool). The projected targets of a ReLU block are
+rectified (``max(t_k, 0)``), since a ReLU output cannot be negative and a
+negative target would only push the unit's pre-activation down without bound.
+Adam replaces plain SGD (same optimiser as the backprop baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from locallearn.data.base import Task
+from locallearn.errors import UserError
+from locallearn.networks.network import Network
+from locallearn.rules import RULES
+from locallearn.rules._feedback import one_hot, project, random_matrix
+from locallearn.rules.base import BlockwiseRule
+
+
+def _cosine(h: Tensor, t: Tensor) -> Tensor:
+    return (1 - F.cosine_similarity(h.flatten(1), t.flatten(1), dim=1)).mean()
+
+
+# Per-sample losses summed over units and averaged over the batch, so that their
+# scale does not depend on the width of the block.
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mse": lambda h, t: F.mse_loss(h, t, reduction="sum") / h.shape[0],
+    "l1": lambda h, t: F.l1_loss(h, t, reduction="sum") / h.shape[0],
+    "huber": lambda h, t: F.smooth_l1_loss(h, t, reduction="sum") / h.shape[0],
+    "cosine": _cosine,
+}
+
+
+@RULES.register("tpsgd", help="tpSGD: layer-wise SGD toward random projections of the labels")
+class TPSGD(BlockwiseRule):
+    name = "tpsgd"
+    defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+
+    def __init__(self, network: Network, task: Task, loss: str = "mse",
+                 target_scale: float = 1.0) -> None:
+        super().__init__(network, task)
+        if loss not in LOSSES:
+            raise UserError(f"tpsgd loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        if not target_scale > 0:
+            raise UserError(f"tpsgd target_scale must be positive, got {target_scale}")
+        self.loss_name = loss
+        self.loss_fn = LOSSES[loss]
+        for k, block in enumerate(network.blocks):
+            # Entries of order target_scale: a unit-scale code per class.
+            p = random_matrix(task.num_classes, block.out_features, bound=target_scale * 3**0.5)
+            self.register_buffer(f"projection{k}", p)
+
+    def projection(self, k: int) -> Tensor:
+        """P_k, fixed: maps the one-hot label to block k's local target."""
+        return getattr(self, f"projection{k}")
+
+    def target(self, k: int, y: Tensor) -> Tensor:
+        block = self.network.blocks[k]
+        t = project(one_hot(y, self.task.num_classes), self.projection(k), block.out_shape)
+        return t.clamp_min(0) if self._rectified(k) else t
+
+    def _rectified(self, k: int) -> bool:
+        body = self.network.blocks[k].body
+        modules = list(body.modules()) if isinstance(body, torch.nn.Module) else []
+        return any(isinstance(m, torch.nn.ReLU) for m in modules)
+
+    def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
+        valid = y != -100
+        return self.loss_fn(out[valid], self.target(k, y)[valid].detach())
