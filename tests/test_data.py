@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 import torch
-from datafiles import write_cifar10, write_cifar100, write_csv, write_idx, write_mnist
 
+from datafiles import write_cifar10, write_cifar100, write_csv, write_idx, write_mnist
 from locallearn.data import DATASETS, load_dataset
 from locallearn.errors import UserError
 

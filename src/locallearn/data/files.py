@@ -210,7 +210,7 @@ def cifar10(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
 
 
 @DATASETS.register("cifar100",
-                   help="CIFAR-100 (fine labels) 50,000 / 10,000 from the python files in --data-dir")
+                   help="CIFAR-100 (fine labels) 50,000 / 10,000 from python files in --data-dir")
 def cifar100(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
     return load_cifar("cifar100", ("cifar-100-python", "cifar100", "cifar100/cifar-100-python"),
                       ("train",), "test", b"fine_labels", 100, data_dir, seed, val_fraction)
