@@ -6,3 +6,7 @@ class UserError(Exception):
 
     The message must say what is wrong and how to fix it, in one line.
     """
+
+
+class RunFailure(Exception):
+    """A run that could not finish (e.g. a stage process died); the CLI exits 1."""

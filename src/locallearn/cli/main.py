@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from locallearn.cli import COMMANDS
-from locallearn.errors import UserError
+from locallearn.errors import RunFailure, UserError
 from locallearn.registry import import_submodules
 
 
@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"locallearn: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailure as exc:
+        print(f"locallearn: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("locallearn: interrupted", file=sys.stderr)
         return 130

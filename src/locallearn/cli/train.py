@@ -85,13 +85,31 @@ class Train:
         p.add_argument("--out", help="run directory (summary.json, metrics.jsonl, checkpoints)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+        p.add_argument("--stages", type=int, default=1,
+                       help="split the blocks into N pipeline stages, one process each")
+        p.add_argument("--staleness", type=int, default=0,
+                       help="staged rules with backward signals: how many micro-batches old "
+                            "a signal may be (0 = exact)")
+        p.add_argument("--stage-threads", type=int, default=1, help="torch threads per stage")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         stored = stored_settings(Path(args.out)) if args.resume and args.out else None
         settings = settings_from_args(args, stored)
-        result = run_settings(settings, args.out, args.quiet, args.resume, args.overwrite)
-        s = result.summary
+        from locallearn.parallel.stages import env_rank
+
+        if args.stages != 1 or env_rank() is not None:
+            from locallearn.parallel.launch import launch
+
+            s = launch(settings, args.out, args.quiet, args.resume, args.overwrite, args.stages,
+                       args.staleness, args.stage_threads)
+            if not s:  # a non-zero rank under torchrun: rank 0 reports
+                return 0
+        else:
+            if args.staleness:
+                raise UserError("--staleness only applies with --stages > 1")
+            s = run_settings(settings, args.out, args.quiet, args.resume,
+                             args.overwrite).summary
         line = (f"{s['rule']} on {s['data']} ({s['net']}): test accuracy {s['test_accuracy']:.4f} "
                 f"after {s['epochs']} epochs, {s['train_seconds']:.1f} s training, "
                 f"{s['samples_per_second'] or 0:.0f} samples/s, "

@@ -35,17 +35,9 @@ def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = 
     return dataset, learner
 
 
-def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500",
-          data_dir: str | None = None, data_options: dict | None = None,
-          net_options: dict | None = None, rule_options: dict | None = None,
-          **train_options: Any) -> TrainResult:
-    """Train one rule; the summary is also written to ``out/summary.json``.
-
-    ``train_options`` are :class:`TrainConfig` fields; those left out take the
-    rule's own defaults (``Rule.defaults``), then TrainConfig's.
-    """
-    rule_cls = RULES.get(rule)
-    settings = {k: v for k, v in rule_cls.defaults.items() if k in TRAIN_KEYS}
+def make_config(rule: str, **train_options: Any) -> TrainConfig:
+    """TrainConfig from the rule's defaults overridden by ``train_options``."""
+    settings = {k: v for k, v in RULES.get(rule).defaults.items() if k in TRAIN_KEYS}
     settings.update({k: v for k, v in train_options.items() if v is not None})
     unknown = set(settings) - TRAIN_KEYS
     if unknown:
@@ -55,11 +47,29 @@ def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500
                         f"known: {', '.join(sorted(TRAIN_KEYS))}")
     config = TrainConfig(**settings)
     config.validate()
+    return config
+
+
+def run_info_for(rule: str, data: str, net: str, data_dir, rule_options, data_options,
+                 net_options) -> dict[str, Any]:
+    return {"rule": rule, "data": data, "net": net, "rule_options": rule_options or {},
+            "data_options": data_options or {}, "net_options": net_options or {},
+            "data_dir": str(data_dir) if data_dir else None}
+
+
+def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500",
+          data_dir: str | None = None, data_options: dict | None = None,
+          net_options: dict | None = None, rule_options: dict | None = None,
+          **train_options: Any) -> TrainResult:
+    """Train one rule; the summary is also written to ``out/summary.json``.
+
+    ``train_options`` are :class:`TrainConfig` fields; those left out take the
+    rule's own defaults (``Rule.defaults``), then TrainConfig's.
+    """
+    config = make_config(rule, **train_options)
     dataset, learner = build(rule, data, net, config.seed, data_dir, data_options, net_options,
                              rule_options)
-    run_info = {"rule": rule, "data": data, "net": net, "rule_options": rule_options or {},
-                "data_options": data_options or {}, "net_options": net_options or {},
-                "data_dir": str(data_dir) if data_dir else None}
+    run_info = run_info_for(rule, data, net, data_dir, rule_options, data_options, net_options)
     trainer = Trainer(config, run_info)
     summary = trainer.fit(learner, dataset)
     return TrainResult(summary, learner, dataset)

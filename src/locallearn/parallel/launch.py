@@ -1,0 +1,153 @@
+"""Start one process per stage on this machine and watch them.
+
+Under ``torchrun`` (RANK / WORLD_SIZE set) the current process *is* a stage
+and runs it directly. Otherwise the launcher starts ``--stages`` worker
+processes with gloo (CPU) or NCCL (GPU) rendezvous on localhost, and if any of
+them dies it stops the others at once and reports the dead stage in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from locallearn.errors import RunFailure, UserError
+from locallearn.parallel.stages import check_stageable, env_rank, partition
+
+STOP_GRACE_SECONDS = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def validate(settings: dict[str, Any], stages: int, staleness: int) -> None:
+    """Refuse impossible stagings before any process starts."""
+    from locallearn.training.run import build
+
+    if staleness < 0:
+        raise UserError(f"--staleness must be >= 0, got {staleness}")
+    if staleness > 0:
+        raise UserError("--staleness > 0 applies to rules that send signals backward, and no "
+                        "stageable rule does yet; use --staleness 0")
+    _, rule = build(settings["rule"], settings["data"], settings["net"],
+                    settings.get("seed") or 0, settings.get("data_dir"),
+                    settings.get("data_options"), settings.get("net_options"),
+                    settings.get("rule_options"))
+    check_stageable(rule)
+    partition(len(rule.network.blocks), stages)
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _last_checkpoint(out: Path | None) -> str:
+    if out is None:
+        return "no checkpoint (no --out)"
+    path = out / "checkpoint.json"
+    if not path.exists():
+        return "no checkpoint was written yet"
+    try:
+        epoch = json.loads(path.read_text())["epoch"]
+    except (ValueError, KeyError):
+        return f"{path} is unreadable"
+    return f"last good checkpoint: epoch {epoch + 1} in {out}"
+
+
+def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
+           overwrite: bool, stages: int, staleness: int = 0, threads: int = 1,
+           timeout_s: float = 60.0) -> dict[str, Any]:
+    """Train with ``stages`` processes; returns rank 0's summary."""
+    args = {"settings": settings, "out": out, "quiet": quiet, "resume": resume,
+            "overwrite": overwrite, "stages": stages, "timeout_s": timeout_s}
+    if env_rank() is not None:  # started by torchrun: this process is one stage
+        from locallearn.parallel.worker import run_stage
+
+        summary = run_stage(**args)
+        return summary or {}
+
+    validate(settings, stages, staleness)
+    out_dir = Path(out) if out else None
+    if out_dir is not None:
+        from locallearn.training.run import make_config
+        from locallearn.training.trainer import Trainer
+
+        Trainer(make_config(settings["rule"], out=out, resume=resume, overwrite=overwrite))\
+            ._prepare_out()
+    log_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="locallearn-"))
+    port = _free_port()
+    procs, logs = [], []
+    for rank in range(stages):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(stages), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   OMP_NUM_THREADS=str(threads), LOCALLEARN_STAGE_THREADS=str(threads),
+                   LOCALLEARN_STAGE_ARGS=json.dumps(args, default=str))
+        log = open(log_dir / f"stage{rank}.log", "w")
+        logs.append(log)
+        # Rank 0 shows progress on the terminal; every stage's errors go to its log.
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "locallearn.parallel.worker"], env=env,
+            stdout=log, stderr=log if rank or quiet else None,
+        ))
+    try:
+        dead = _watch(procs)
+    finally:
+        for log in logs:
+            log.close()
+    if dead is not None:
+        rank, code = dead
+        if code == 2:
+            lines = (log_dir / f"stage{rank}.log").read_text().strip().splitlines()
+            message = lines[-1] if lines else "bad input"
+            raise UserError(message.removeprefix("locallearn: error: "))
+        raise RunFailure(
+            f"stage {rank} (pid {procs[rank].pid}) died ({_describe(code)}); stopped the other "
+            f"stages; {_last_checkpoint(out_dir)}; see {log_dir}/stage{rank}.log"
+        )
+    if out_dir is not None and (out_dir / "summary.json").exists():
+        return json.loads((out_dir / "summary.json").read_text())
+    return {}
+
+
+def _watch(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
+    """Wait for all stages; on the first failure stop the rest. Returns (rank, code) or None."""
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            # A stage killed from outside explains the others' connection errors (code 3).
+            failed.sort(key=lambda rc: (rc[1] == 3, rc[0]))
+            _stop(procs)
+            return failed[0]
+        if all(c == 0 for c in codes):
+            return None
+        time.sleep(0.05)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

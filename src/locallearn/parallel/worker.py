@@ -1,0 +1,313 @@
+"""One stage of a layer-parallel run: the loop each stage process executes.
+
+Rank 0 also plays the role of the single-process Trainer's bookkeeping: at
+each epoch end the stages send it their parameters, it evaluates the whole
+network, writes ``metrics.jsonl``, the merged ``checkpoint.*`` / ``best.*``
+(the same format as a one-process run, so ``inspect``/``prune`` read it) and
+finally ``summary.json``. Every stage writes its own part, ``stageR.*``
+(parameters, optimiser state, RNG), from which ``--resume`` continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from locallearn.errors import UserError
+from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.parallel.stages import (
+    ActivationChannel,
+    StageContext,
+    check_stageable,
+    env_rank,
+    partition,
+    stage_groups,
+    stage_step,
+)
+from locallearn.training.checkpoint import (
+    flatten_optimizer,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_optimizer,
+)
+from locallearn.training.optim import make_optimizer, make_schedule
+from locallearn.training.trainer import TrainConfig, Trainer, resolve_device
+
+# Test hook: the stage with this rank kills itself (SIGKILL) after this many steps.
+FAIL_STAGE_ENV = "LOCALLEARN_FAIL_STAGE"
+FAIL_AFTER_ENV = "LOCALLEARN_FAIL_AFTER_STEPS"
+
+
+def owned_state(rule, groups, ctx: StageContext) -> dict[str, torch.Tensor]:
+    """The rule's tensors this stage trains: its groups' parameters and its blocks' buffers."""
+    ids = {id(p) for g in groups for p in g.params}
+    state = {n: p.detach().cpu() for n, p in rule.named_parameters() if id(p) in ids}
+    prefixes = tuple(f"network.blocks.{k}." for k in ctx.blocks)
+    state.update({n: b.detach().cpu() for n, b in rule.named_buffers() if n.startswith(prefixes)})
+    return state
+
+
+class StageTrainer:
+    def __init__(self, config: TrainConfig, run_info: dict[str, Any], stages: int) -> None:
+        self.config = config
+        self.run_info = dict(run_info, stages=stages)
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out) if config.out else None
+
+    def fit(self, rule, dataset) -> dict[str, Any] | None:
+        cfg = self.config
+        rank, world = dist.get_rank(), dist.get_world_size()
+        check_stageable(rule)
+        ranges = partition(len(rule.network.blocks), world)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", rank % torch.cuda.device_count())
+        ctx = StageContext(rank, world, ranges[rank], self.device)
+        torch.manual_seed(cfg.seed)
+        rule.to(self.device)
+        groups = stage_groups(rule, ctx.blocks, ctx.last)
+        optimizers = [make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
+                                     lr=g.options.get("lr", cfg.lr),
+                                     weight_decay=g.options.get("weight_decay", cfg.weight_decay),
+                                     momentum=cfg.momentum) for g in groups]
+        schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
+        book = Trainer(cfg, self.run_info) if rank == 0 else None  # rank 0's bookkeeping
+        if book is not None and not cfg.resume:
+            book._prepare_out()
+            if self.out is not None:
+                (self.out / "config.json").write_text(json.dumps(
+                    {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
+        dist.barrier()  # rank 0 has prepared the run directory
+
+        start_epoch, history = 0, []
+        best = {"val_accuracy": -1.0, "epoch": -1}
+        if cfg.resume:
+            start_epoch, best, history = self._resume(rule, optimizers, schedules, rank, world)
+
+        meter = MemoryMeter()
+        channel = ActivationChannel(ctx)
+        fail_rank = int(os.environ.get(FAIL_STAGE_ENV, "-1"))
+        fail_after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
+        steps = 0
+        train_seconds = sum(h["train_seconds"] for h in history)
+        samples_seen = sum(h["samples"] for h in history)
+        stopped_early = False
+        for epoch in range(start_epoch, cfg.epochs):
+            rule.train()
+            dist.barrier()
+            t0 = time.perf_counter()
+            n_samples, loss_sum, n_batches = 0, None, 0
+            for x, y in dataset.loader("train", cfg.batch_size, shuffle=True,
+                                       seed=cfg.seed * 100_003 + epoch):
+                if rank == fail_rank and steps == fail_after:
+                    os.kill(os.getpid(), 9)
+                x = x.to(self.device) if ctx.first else None
+                y = y.to(self.device)
+                with meter.track():
+                    losses = stage_step(rule, ctx, channel, optimizers, x, y)
+                loss_sum = losses if loss_sum is None else loss_sum + losses
+                n_batches += 1
+                n_samples += int(y.shape[0])
+                steps += 1
+            channel.flush()
+            for sch in schedules:
+                if sch is not None:
+                    sch.step()
+            rule.on_epoch_end(epoch)
+            dist.barrier()
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            samples_seen += n_samples
+
+            # Rank 0 gathers the stages' parameters and evaluates the whole network.
+            parts = [None] * world if rank == 0 else None
+            dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
+            losses_all = [None] * world if rank == 0 else None
+            mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
+            dist.gather_object(mean, losses_all, dst=0)
+            decision = [None]
+            if rank == 0:
+                merged = {k: v for part in parts for k, v in part.items()}
+                rule.load_state_dict(merged, strict=False)
+                val = book._evaluate(rule, dataset, "val")
+                rule.on_validation(val)
+                record = {"epoch": epoch, "loss": [v for part in losses_all for v in part],
+                          "val_accuracy": val["accuracy"],
+                          "val_per_block_accuracy": val["per_block_accuracy"],
+                          "train_seconds": epoch_seconds, "samples": n_samples,
+                          "elapsed_train_seconds": train_seconds}
+                history.append(record)
+                book._log(record)
+                improved = val["accuracy"] > best["val_accuracy"]
+                if improved:
+                    best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+                if self.out is not None and cfg.checkpoint:
+                    meta = {"epoch": epoch, "best": best, "history": history, "optimizers": [],
+                            "schedules": [], "rule_extra": rule.extra_state(),
+                            "run": self.run_info}
+                    tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
+                    tensors["rng.torch"] = torch.get_rng_state()
+                    if improved:
+                        save_checkpoint(self.out, tensors, meta, stem="best")
+                    save_checkpoint(self.out, tensors, meta)
+                if not cfg.quiet:
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: val accuracy {val['accuracy']:.4f} "
+                          f"({epoch_seconds:.1f} s)", file=sys.stderr, flush=True)
+                stop = bool(cfg.patience and epoch - best["epoch"] >= cfg.patience)
+                decision = [{"stop": stop, "best": best}]
+            dist.broadcast_object_list(decision, src=0)
+            best = decision[0]["best"]
+            if self.out is not None and cfg.checkpoint:
+                self._save_stage(rule, groups, ctx, optimizers, schedules, epoch)
+            if decision[0]["stop"]:
+                stopped_early = True
+                break
+
+        parts = [None] * world if rank == 0 else None
+        dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
+        mem = meter.report(rule, optimizers, self.device)
+        # Only this stage's parameters count towards its memory.
+        own_params = sum(p.numel() * p.element_size() for g in groups for p in g.params)
+        stage_peak = own_params * 2 + mem["optimizer_state_bytes"] + mem["activation_peak_bytes"]
+        if self.device.type == "cuda":
+            stage_peak = mem["peak_memory_bytes"]
+        stage_info = {"blocks": list(ctx.blocks), "peak_memory_bytes": stage_peak,
+                      "train_seconds": train_seconds,
+                      "busy_fraction": 1.0 - channel.wait_seconds / max(train_seconds, 1e-9)}
+        infos = [None] * world if rank == 0 else None
+        dist.gather_object(stage_info, infos, dst=0)
+        if rank != 0:
+            return None
+
+        merged = {k: v for part in parts for k, v in part.items()}
+        rule.load_state_dict(merged, strict=False)
+        if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
+            tensors, _ = load_checkpoint(self.out, stem="best")
+            book._load_rule_tensors(rule, tensors)
+        test = book._evaluate(rule, dataset, "test")
+        summary = {
+            **self.run_info,
+            "epochs": len(history),
+            "epochs_requested": cfg.epochs,
+            "seed": cfg.seed,
+            "test_accuracy": test["accuracy"],
+            "best_val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+            "per_layer_test_accuracy": test["per_block_accuracy"],
+            **{f"test_{k}": v for k, v in test.items()
+               if k not in ("accuracy", "per_block_accuracy")},
+            "train_seconds": train_seconds,
+            "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
+            "peak_memory_bytes": sum(i["peak_memory_bytes"] for i in infos),
+            "stage_info": infos,
+            "stopped_early": stopped_early,
+            "num_parameters": sum(p.numel() for p in rule.parameters()),
+            "device": str(self.device),
+            "torch_version": torch.__version__,
+            "hardware": hardware_info(self.device),
+            "train_config": asdict(cfg),
+        }
+        if self.out is not None:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+        return summary
+
+    # -- per-stage checkpoints ---------------------------------------------------
+    def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:
+        tensors = {f"rule.{k}": v for k, v in owned_state(rule, groups, ctx).items()}
+        rests = []
+        for i, opt in enumerate(optimizers):
+            t, rest = flatten_optimizer(f"optim.{i}", opt.state_dict())
+            tensors.update(t)
+            rests.append(rest)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"epoch": epoch, "stage": ctx.rank, "stages": ctx.world,
+                "blocks": list(ctx.blocks), "optimizers": rests,
+                "schedules": [s.state_dict() if s else None for s in schedules]}
+        save_checkpoint(self.out, tensors, meta, stem=f"stage{ctx.rank}")
+
+    def _resume(self, rule, optimizers, schedules, rank: int, world: int):
+        tensors, meta = load_checkpoint(self.out, stem=f"stage{rank}")
+        if meta["stages"] != world:
+            raise UserError(f"{self.out} was trained with --stages {meta['stages']}; "
+                            f"resume with the same number of stages")
+        state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
+        rule.load_state_dict(state, strict=False)
+        for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
+            opt.load_state_dict(unflatten_optimizer(rest, tensors))
+        for sch, st in zip(schedules, meta["schedules"], strict=True):
+            if sch is not None and st is not None:
+                sch.load_state_dict(st)
+        torch.set_rng_state(tensors["rng.torch"])
+        epochs = [None] * world
+        dist.all_gather_object(epochs, meta["epoch"])
+        if len(set(epochs)) != 1:
+            raise UserError(f"stage checkpoints in {self.out} are from different epochs "
+                            f"({epochs}); the run cannot be resumed consistently")
+        best, history = {"val_accuracy": -1.0, "epoch": -1}, []
+        if rank == 0:
+            _, main_meta = load_checkpoint(self.out)
+            rule.load_extra_state(main_meta.get("rule_extra", {}))
+            best, history = main_meta["best"], main_meta["history"]
+        return meta["epoch"] + 1, best, history
+
+
+def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
+              overwrite: bool, stages: int, timeout_s: float = 60.0) -> dict[str, Any] | None:
+    """Run this process's stage (rank and world size from the environment)."""
+    from locallearn.training.run import build, make_config, run_info_for
+
+    ranks = env_rank()
+    if ranks is None:
+        raise UserError("run_stage needs RANK and WORLD_SIZE (started by torchrun or the "
+                        "locallearn launcher)")
+    rank, world = ranks
+    if world != stages:
+        raise UserError(f"--stages {stages} but the launcher started {world} processes")
+    s = dict(settings)
+    names = {k: s.pop(k) for k in ("rule", "data", "net")}
+    options = {k: s.pop(k, None) for k in ("data_dir", "data_options", "net_options",
+                                           "rule_options")}
+    config = make_config(names["rule"], out=out, quiet=quiet, resume=resume,
+                         overwrite=overwrite, **s)
+    run_info = run_info_for(names["rule"], names["data"], names["net"], options["data_dir"],
+                            options["rule_options"], options["data_options"],
+                            options["net_options"])
+    device = resolve_device(config.device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=timeout_s))
+    try:
+        dataset, rule = build(names["rule"], names["data"], names["net"], config.seed,
+                              options["data_dir"], options["data_options"],
+                              options["net_options"], options["rule_options"])
+        return StageTrainer(config, run_info, stages).fit(rule, dataset)
+    finally:
+        dist.destroy_process_group()
+
+
+def main() -> int:
+    """Entry point of a launched stage process (``python -m locallearn.parallel.worker``)."""
+    args = json.loads(os.environ["LOCALLEARN_STAGE_ARGS"])
+    torch.set_num_threads(int(os.environ.get("LOCALLEARN_STAGE_THREADS", "1")))
+    try:
+        run_stage(**args)
+        return 0
+    except UserError as exc:
+        print(f"locallearn: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:  # reported by the launcher in one line; details go to the stage log
+        traceback.print_exc()
+        return 3
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,93 @@
+"""Layer-parallel training on torch.distributed (gloo, CPU processes)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from locallearn.parallel.stages import partition
+from locallearn.training.checkpoint import load_checkpoint
+
+ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
+        "--batch-size", "64", "--seed", "3", "--quiet"]
+
+
+def cli_env(*args, env=None, timeout=120):
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "locallearn", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def rule_tensors(run_dir):
+    return {k: v for k, v in load_file(str(run_dir / "checkpoint.safetensors")).items()
+            if k.startswith("rule.")}
+
+
+def test_partition_is_contiguous_and_balanced():
+    assert partition(5, 2) == [range(0, 3), range(3, 5)]
+    assert partition(3, 3) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def test_two_stages_end_with_the_weights_of_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = cli_env("train", *ARGS, "--epochs", "3", "--out", str(one))
+    r2 = cli_env("train", *ARGS, "--epochs", "3", "--stages", "2", "--out", str(two))
+    assert r1.returncode == 0, r1.stderr
+    assert r2.returncode == 0, r2.stderr
+    a, b = rule_tensors(one), rule_tensors(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    s1 = json.loads((one / "summary.json").read_text())
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s2["stages"] == 2 and len(s2["stage_info"]) == 2
+    assert s1["test_accuracy"] == s2["test_accuracy"]
+    assert s1["test_accuracy"] > 0.5
+
+
+def test_staged_resume_continues_exactly(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert cli_env("train", *ARGS, "--epochs", "2", "--stages", "2",
+                   "--out", str(full)).returncode == 0
+    assert cli_env("train", *ARGS, "--epochs", "1", "--stages", "2",
+                   "--out", str(part)).returncode == 0
+    r = cli_env("train", "--resume", "--epochs", "2", "--stages", "2", "--out", str(part),
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    a, b = rule_tensors(full), rule_tensors(part)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    # digits train split has 1293 samples -> 21 steps per epoch at batch 64: die in epoch 2.
+    env = {"LOCALLEARN_FAIL_STAGE": "1", "LOCALLEARN_FAIL_AFTER_STEPS": "30"}
+    start = time.monotonic()
+    r = cli_env("train", *ARGS, "--epochs", "5", "--stages", "2", "--out", str(out), env=env,
+                timeout=90)
+    assert time.monotonic() - start < 60
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "stage 1" in lines[0] and "SIGKILL" in lines[0]
+    assert "Traceback" not in r.stderr
+    tensors, meta = load_checkpoint(out)  # verifies the checksum: the checkpoint is intact
+    assert meta["epoch"] == 0
+    assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--stages", "4"], "more than the network's 3 blocks"),
+    (["--stages", "2", "--rule", "backprop"], "cannot be split into stages"),
+    (["--stages", "2", "--staleness", "-1"], "staleness"),
+])
+def test_impossible_stagings_exit_2(extra, message):
+    r = cli_env("train", *ARGS, "--epochs", "1", *extra)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
