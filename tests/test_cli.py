@@ -267,3 +267,18 @@ def test_corrupted_checkpoint_is_one_line(capsys, tmp_path, damage):
     code, _, err = run(capsys, "train", "--resume", "--epochs", "2", "--out", str(out), "--quiet")
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert "damaged" in err or "corrupted" in err
+
+
+@pytest.mark.parametrize("name", ["example.yaml", "example.toml"])
+def test_example_configs_in_the_readme_are_valid(name):
+    from pathlib import Path
+
+    from locallearn.cli.config import merge, parse_set, read_config
+    from locallearn.training.run import TRAIN_KEYS, make_config
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    s = merge(read_config(path), parse_set(["lr=0.01", "epochs=5"]))
+    assert (s["rule"], s["data"], s["net"]) == ("backprop", "mnist5k", "mlp:500,500")
+    config = make_config(s["rule"], **{k: v for k, v in s.items() if k in TRAIN_KEYS})
+    assert config.lr == 0.01 and config.epochs == 5 and config.batch_size == 128
+    assert s["data_options"] == {"val_fraction": 0.1}
