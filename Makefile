@@ -29,6 +29,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -m slow
 
+# Every registered rule on a tiny offline set (about a minute on 2 cores).
+bench-smoke: setup
+	$(PY) -m locallearn bench --suite smoke --out runs/bench-smoke
+
 lint: setup
 	$(PY) -m ruff check src tests benchmarks
 

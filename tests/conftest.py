@@ -5,8 +5,11 @@ import sys
 import pytest
 import torch
 
-# Two cores: keep torch from oversubscribing when pytest runs in parallel with other work.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread: on a shared 2-core machine, torch's 2-thread kernels wait on each other and
+# ran a small MLP about 20x slower than one thread (measured under load). Subprocesses
+# (CLI tests) inherit the setting through OMP_NUM_THREADS.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,7 @@ test splits standardised with training statistics only. Names of the form
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,15 @@ def load_dataset(
     builder = DATASETS.get(family)
     if argument:
         options["argument"] = argument
-    try:
-        return builder(seed=seed, data_dir=Path(data_dir) if data_dir else None, **options)
-    except TypeError as exc:
-        raise UserError(f"dataset {name!r}: bad option ({exc})") from None
+    accepted = inspect.signature(builder).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
+        for key in options:
+            if key not in accepted:
+                known = [k for k in accepted if k not in ("seed", "data_dir", "argument")]
+                what = "takes no argument after ':'" if key == "argument" else \
+                    f"has no option {key!r}; its options: {', '.join(known) or 'none'}"
+                raise UserError(f"dataset {family!r} {what}")
+    return builder(seed=seed, data_dir=Path(data_dir) if data_dir else None, **options)
 
 
 import_submodules(__name__)

@@ -5,6 +5,13 @@ counter, so we count what training really holds: parameters, gradients and
 optimiser state, plus the peak bytes of tensors that autograd saved for the
 backward pass (through ``saved_tensors_hooks``; shared storages counted once).
 Process peak RSS is reported beside it.
+
+``activation_peak_bytes`` (the saved-tensor peak) is measured the same way on
+every device. Parameters that autograd saves (a linear layer keeps its weight
+for the input gradient) are left out of it: they are already counted in
+``parameter_bytes`` and are not activations. ``peak_rss_bytes`` is the
+process's peak since it started, so it also holds the dataset and anything run
+earlier in the same process.
 """
 
 from __future__ import annotations
@@ -54,11 +61,12 @@ class MemoryMeter:
         self.live = 0
         self.peak_activations = 0
         self._refs: dict = {}
+        self._parameter_storages: set[int] = set()
 
     def _pack(self, t: torch.Tensor):
-        if t.device.type != "cpu":
-            return t
         storage = t.untyped_storage()
+        if storage.data_ptr() in self._parameter_storages:
+            return t
         key = (storage.data_ptr(), storage.nbytes())
         count = self._refs.get(key, 0)
         if count == 0:
@@ -80,7 +88,11 @@ class MemoryMeter:
             self._refs[key] = count
 
     @contextmanager
-    def track(self) -> Iterator[None]:
+    def track(self, module: nn.Module | None = None) -> Iterator[None]:
+        """Count saved tensors inside the block; ``module``'s parameters are left out."""
+        if module is not None:
+            self._parameter_storages = {p.untyped_storage().data_ptr()
+                                        for p in module.parameters()}
         with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
             yield
 

@@ -1,17 +1,31 @@
 """Write ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG).
 
-Input is a list of run directories (each with ``summary.json`` and
-``metrics.jsonl``); nothing is fetched from the network when the page opens.
+Input is a list of result rows: the ``results.jsonl`` of a ``locallearn bench``
+folder, or run directories (``summary.json`` + ``metrics.jsonl``) turned into
+rows. Rows of kind ``train`` give the results table (mean ± std over seeds),
+accuracy against epoch and against training time, and per-layer accuracy;
+``memory`` rows give memory against depth; ``efficiency`` rows give achieved
+FLOP/s against ``torch.matmul``'s peak. The page has no scripts and fetches
+nothing when it opens.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
 import json
+import statistics
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+# A local rule's activation memory should be at most this many times backprop's
+# divided by the depth (issue 7's target, for depth >= MEMORY_TARGET_MIN_DEPTH).
+MEMORY_TARGET_FACTOR = 1.25
+MEMORY_TARGET_MIN_DEPTH = 8
+EFFICIENCY_TARGET = 0.6
 
 
 def load_runs(root: Path) -> list[dict[str, Any]]:
@@ -27,23 +41,34 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
     return runs
 
 
-def _fmt_bytes(n: float | None) -> str:
-    return "-" if n is None else f"{n / 2**20:.1f} MiB"
+def run_to_row(run: dict[str, Any]) -> dict[str, Any]:
+    """A run directory (as :func:`load_runs` gives it) in the shape of a bench row."""
+    s = run["summary"]
+    history = [{"epoch": m["epoch"], "val_accuracy": m["val_accuracy"],
+                "elapsed_train_seconds": m["elapsed_train_seconds"]} for m in run["metrics"]]
+    return {**s, "kind": "train", "status": "ok", "key": run["dir"], "history": history}
 
 
-def results_table(runs: list[dict[str, Any]]) -> list[list[str]]:
-    rows = [["rule", "data", "net", "seed", "epochs", "test acc", "train s", "samples/s",
-             "peak memory", "per-block test acc"]]
-    for r in runs:
-        s = r["summary"]
-        per = s.get("per_layer_test_accuracy")
-        rows.append([
-            str(s.get("rule")), str(s.get("data")), str(s.get("net")), str(s.get("seed")),
-            str(s.get("epochs")), f"{s['test_accuracy']:.4f}", f"{s['train_seconds']:.1f}",
-            f"{s.get('samples_per_second') or 0:.0f}", _fmt_bytes(s.get("peak_memory_bytes")),
-            " ".join(f"{a:.3f}" for a in per) if per else "-",
-        ])
-    return rows
+# -- formatting -----------------------------------------------------------------
+
+def _mean_std(values: list[float], fmt: str) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def _same_or_range(values: list[Any]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
 
 
 def _markdown_table(rows: list[list[str]]) -> str:
@@ -52,22 +77,155 @@ def _markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _hardware_line(runs: list[dict[str, Any]]) -> str:
-    if not runs:
-        return ""
-    hw = runs[0]["summary"].get("hardware", {})
-    gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ""
-    return (f"Hardware: {hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
-            f"{hw.get('torch_threads', '?')} torch threads{gpu}; torch {hw.get('torch_version')}")
+def _html_table(rows: list[list[str]], css_class: str) -> str:
+    out = f"<table class='{css_class}'><thead><tr>"
+    out += "".join(f"<th>{html.escape(c)}</th>" for c in rows[0]) + "</tr></thead><tbody>"
+    for r in rows[1:]:
+        out += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+    return out + "</tbody></table>"
 
+
+def hardware_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per distinct machine/threads/torch combination in the rows."""
+    seen = []
+    for r in rows:
+        hw = r.get("hardware") or {}
+        gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"
+        line = (f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
+                f"{hw.get('torch_threads', '?')} torch threads{gpu}; "
+                f"device {hw.get('device', r.get('device', '?'))}; "
+                f"torch {hw.get('torch_version', '?')}, Python {hw.get('python', '?')}")
+        if line not in seen:
+            seen.append(line)
+    return seen
+
+
+def _rule_order(rule: str) -> tuple[int, str]:
+    return (0 if rule == "backprop" else 1, rule)
+
+
+def _groups(rows: list[dict[str, Any]], kind: str) -> dict[tuple, list[dict[str, Any]]]:
+    """Rows of one kind grouped by everything but the seed."""
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r.get("kind", "train") == kind and r.get("status", "ok") == "ok":
+            opts = json.dumps({"o": r.get("options"), "r": r.get("rule_options")}, sort_keys=True)
+            out[(r.get("data"), r.get("net"), r.get("rule"), opts)].append(r)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], _rule_order(kv[0][2]),
+                                                       kv[0][3])))
+
+
+# -- tables ----------------------------------------------------------------------
+
+def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Train rows, mean ± std over seeds."""
+    table = [["rule", "data", "net", "seeds", "epochs", "test accuracy", "train s",
+              "samples/s", "peak memory MiB", "per-layer test accuracy"]]
+    for (data, net, rule, _), group in _groups(rows, "train").items():
+        per_layer = [g["per_layer_test_accuracy"] for g in group
+                     if g.get("per_layer_test_accuracy")]
+        per = "-"
+        if per_layer and len({len(p) for p in per_layer}) == 1:
+            per = " ".join(f"{statistics.mean(col):.3f}" for col in zip(*per_layer, strict=True))
+        table.append([
+            str(rule), str(data), str(net), str(len(group)),
+            _same_or_range([g.get("epochs") for g in group]),
+            _mean_std([g.get("test_accuracy") for g in group], ".4f"),
+            _mean_std([g.get("train_seconds") for g in group], ".1f"),
+            _mean_std([g.get("samples_per_second") for g in group], ".0f"),
+            _mean_std([(g.get("peak_memory_bytes") or 0) / 2**20 for g in group], ".1f"),
+            per,
+        ])
+    return table
+
+
+def memory_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Activation peak by rule and depth, with the ratio to backprop at that depth."""
+    cells = {(r["rule"], r["depth"]): r for r in rows
+             if r.get("kind") == "memory" and r.get("status") == "ok"}
+    if not cells:
+        return []
+    depths = sorted({d for _, d in cells})
+    rules = sorted({r for r, _ in cells}, key=_rule_order)
+    header = ["rule"] + [f"depth {d}: act MiB (×bp)" for d in depths]
+    header += [f"meets ≤{MEMORY_TARGET_FACTOR}/depth at depth ≥{MEMORY_TARGET_MIN_DEPTH}",
+               "total MiB at max depth"]
+    table = [header]
+    for rule in rules:
+        line, meets = [rule], []
+        for d in depths:
+            r = cells.get((rule, d))
+            bp = cells.get(("backprop", d))
+            if r is None:
+                line.append("-")
+                continue
+            act = r["activation_peak_bytes"]
+            if bp and bp["activation_peak_bytes"]:
+                ratio = act / bp["activation_peak_bytes"]
+                line.append(f"{_mib(act)} ({ratio:.3f})")
+                if rule != "backprop" and d >= MEMORY_TARGET_MIN_DEPTH:
+                    meets.append(ratio <= MEMORY_TARGET_FACTOR / d)
+            else:
+                line.append(_mib(act))
+        line.append("-" if rule == "backprop" or not meets else ("yes" if all(meets) else "no"))
+        last = cells.get((rule, depths[-1]))
+        line.append(_mib(last.get("peak_memory_bytes")) if last else "-")
+        table.append(line)
+    return table
+
+
+def efficiency_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    table = [["rule", "net", "batch", "GFLOP/sample", "step s (median)", "achieved GFLOP/s",
+              "matmul peak GFLOP/s", "fraction of peak"]]
+    for (_, net, rule, _), group in _groups(rows, "efficiency").items():
+        for r in group:
+            eff = r.get("efficiency")
+            table.append([
+                str(rule), str(net), str(r.get("batch_size")),
+                f"{r['flops_per_sample'] / 1e9:.4f}", f"{r['step_seconds_median']:.3f}",
+                f"{r['achieved_flops'] / 1e9:.1f}", f"{r['peak_matmul_flops'] / 1e9:.1f}",
+                "-" if eff is None else f"{eff:.2f}",
+            ])
+    return table if len(table) > 1 else []
+
+
+def status_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    table = [["status", "cell", "reason"]]
+    for r in rows:
+        if r.get("status") in ("skipped", "error"):
+            table.append([r["status"], str(r.get("key")), str(r.get("reason", ""))[:300]])
+    return table if len(table) > 1 else []
+
+
+# -- plots -----------------------------------------------------------------------
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def plots(runs: list[dict[str, Any]]) -> dict[str, str]:
+def _colors(names: list[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {n: cmap(i % 20) for i, n in enumerate(sorted(set(names), key=_rule_order))}
+
+
+def _mean_curve(group: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    """Mean over seeds of val accuracy by epoch, and of ``key`` (x values) by epoch."""
+    by_epoch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for g in group:
+        for h in g.get("history") or []:
+            x = h["epoch"] + 1 if key == "epoch" else h.get(key)
+            if x is not None and h.get("val_accuracy") is not None:
+                by_epoch[h["epoch"]].append((x, h["val_accuracy"]))
+    epochs = sorted(by_epoch)
+    return ([statistics.mean(p[0] for p in by_epoch[e]) for e in epochs],
+            [statistics.mean(p[1] for p in by_epoch[e]) for e in epochs])
+
+
+def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
     """Base64 PNGs by title. Empty when matplotlib is missing."""
     try:
         import matplotlib
@@ -77,65 +235,151 @@ def plots(runs: list[dict[str, Any]]) -> dict[str, str]:
     except ImportError:
         return {}
     out = {}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        s, m = r["summary"], r["metrics"]
-        if not m:
+    groups = _groups(rows, "train")
+    colors = _colors([k[2] for k in groups] + [r.get("rule", "") for r in rows])
+    tasks = sorted({(k[0], k[1]) for k in groups})
+    for data, net in tasks:
+        mine = {k: g for k, g in groups.items() if (k[0], k[1]) == (data, net)}
+        if not any(g.get("history") for group in mine.values() for g in group):
             continue
-        label = f"{s['rule']} {s['data']} s{s['seed']}"
-        ax1.plot([e["epoch"] + 1 for e in m], [e["val_accuracy"] for e in m], label=label)
-        ax2.plot([e["elapsed_train_seconds"] for e in m], [e["val_accuracy"] for e in m],
-                 label=label)
-    ax1.set(xlabel="epoch", ylabel="validation accuracy", title="Accuracy vs epoch")
-    ax2.set(xlabel="training seconds", ylabel="validation accuracy",
-            title="Accuracy vs training time")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    out["Validation accuracy"] = _png(fig)
-    plt.close(fig)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+        for (_, _, rule, _), group in mine.items():
+            for ax, key in ((ax1, "epoch"), (ax2, "elapsed_train_seconds")):
+                xs, ys = _mean_curve(group, key)
+                if xs:
+                    ax.plot(xs, ys, marker=".", color=colors[rule], label=rule,
+                            lw=2.5 if rule == "backprop" else 1.3)
+        ax1.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)",
+                title=f"Accuracy vs epoch: {data}, {net}")
+        ax2.set(xlabel="training seconds", ylabel="validation accuracy (mean over seeds)",
+                title=f"Accuracy vs training time: {data}, {net}")
+        for ax in (ax1, ax2):
+            ax.grid(alpha=0.3)
+        ax1.legend(fontsize=7, ncol=2)
+        out[f"Accuracy vs epoch and vs training time: {data}, {net}"] = _png(fig)
+        plt.close(fig)
 
-    per_block = [r for r in runs if r["summary"].get("per_layer_test_accuracy")]
-    if per_block:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in per_block:
-            s = r["summary"]
-            acc = s["per_layer_test_accuracy"]
-            ax.plot(range(1, len(acc) + 1), acc, marker="o", label=f"{s['rule']} s{s['seed']}")
+    per_layer = {k: g for k, g in groups.items()
+                 if any(r.get("per_layer_test_accuracy") for r in g)}
+    if per_layer:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
+        for (data, net, rule, _), group in per_layer.items():
+            accs = [r["per_layer_test_accuracy"] for r in group if r.get("per_layer_test_accuracy")]
+            if len({len(a) for a in accs}) != 1:
+                continue
+            mean = [statistics.mean(col) for col in zip(*accs, strict=True)]
+            ax.plot(range(1, len(mean) + 1), mean, marker="o", color=colors[rule],
+                    label=f"{rule} ({data}, {net})")
         ax.set(xlabel="block", ylabel="test accuracy of the block's readout",
-               title="Per-block accuracy")
+               title="Per-layer test accuracy (mean over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        out["Per-block accuracy"] = _png(fig)
+        out["Per-layer accuracy"] = _png(fig)
+        plt.close(fig)
+
+    memory = [r for r in rows if r.get("kind") == "memory" and r.get("status") == "ok"]
+    if memory:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in memory:
+            by_rule[r["rule"]].append(r)
+        for rule in sorted(by_rule, key=_rule_order):
+            pts = sorted(by_rule[rule], key=lambda r: r["depth"])
+            ax.plot([p["depth"] for p in pts], [p["activation_peak_bytes"] / 2**20 for p in pts],
+                    marker="o", color=colors[rule], label=rule,
+                    lw=2.5 if rule == "backprop" else 1.3)
+        bp = sorted(by_rule.get("backprop", []), key=lambda r: r["depth"])
+        if bp:
+            ax.plot([p["depth"] for p in bp],
+                    [MEMORY_TARGET_FACTOR * p["activation_peak_bytes"] / p["depth"] / 2**20
+                     for p in bp], "k--", label=f"target: backprop × {MEMORY_TARGET_FACTOR}/depth")
+        ax.set(xscale="log", yscale="log", xlabel="depth (blocks)",
+               ylabel="peak activation memory, MiB", title="Memory vs depth")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, ncol=2)
+        out["Memory vs depth"] = _png(fig)
+        plt.close(fig)
+
+    eff = [r for r in rows if r.get("kind") == "efficiency" and r.get("status") == "ok"
+           and r.get("efficiency") is not None]
+    if eff:
+        eff = sorted(eff, key=lambda r: _rule_order(r["rule"]))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([r["rule"] for r in eff], [r["efficiency"] for r in eff],
+               color=[colors[r["rule"]] for r in eff])
+        ax.axhline(EFFICIENCY_TARGET, color="k", ls="--", label=f"target {EFFICIENCY_TARGET}")
+        ax.set(ylabel="training FLOP/s / matmul peak FLOP/s", title="Compute efficiency")
+        ax.tick_params(axis="x", rotation=45)
+        ax.legend(fontsize=7)
+        out["Compute efficiency"] = _png(fig)
         plt.close(fig)
     return out
 
 
-def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
-                 title: str = "locallearn report") -> tuple[Path, Path]:
-    out_dir = Path(out_dir)
-    runs = load_runs(out_dir) if runs is None else runs
-    rows = results_table(runs)
-    hardware = _hardware_line(runs)
-    md = f"# {title}\n\n{hardware}\n\n{_markdown_table(rows)}\n"
-    (out_dir / "report.md").write_text(md)
+# -- the report ------------------------------------------------------------------
 
-    table = "<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
-    table += "</tr></thead><tbody>"
-    for r in rows[1:]:
-        table += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    table += "</tbody></table>"
+def collect_rows(folder: Path) -> list[dict[str, Any]]:
+    """Rows of a bench folder (results.jsonl, last row per cell) or of its run folders."""
+    from locallearn.bench.runner import latest_rows, read_results
+
+    rows = read_results(folder)
+    if rows:
+        return latest_rows(rows)
+    return [run_to_row(r) for r in load_runs(folder)]
+
+
+def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
+                 title: str | None = None, description: str = "",
+                 rows: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` in ``out_dir``.
+
+    ``runs`` (from :func:`load_runs`) or ``rows`` (bench rows) give the content;
+    with neither, the folder's ``results.jsonl`` or run folders are read.
+    """
+    out_dir = Path(out_dir)
+    if rows is None:
+        rows = [run_to_row(r) for r in runs] if runs is not None else collect_rows(out_dir)
+    title = title or "locallearn report"
+    if not description:
+        description = next((str(r["suite"]) + " suite" for r in rows if r.get("suite")), "")
+    hardware = hardware_lines(rows)
+    generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sections = [("Results (mean ± std over seeds)", results_table(rows), "results"),
+                ("Memory vs depth (peak autograd saved tensors; × backprop at the same depth)",
+                 memory_table(rows), "memory"),
+                ("Compute efficiency (matmul FLOPs per training step / step time, against "
+                 "torch.matmul on the same shapes)", efficiency_table(rows), "efficiency"),
+                ("Skipped and failed cells", status_table(rows), "status")]
+    sections = [(t, tab, c) for t, tab, c in sections if tab and len(tab) > 1]
+
+    md = [f"# {title}", ""]
+    if description:
+        md += [description, ""]
+    md += [f"Hardware: {line}" for line in hardware] + ["", f"Generated {generated}.", ""]
+    for t, tab, _ in sections:
+        md += [f"## {t}", "", _markdown_table(tab), ""]
+    if not sections:
+        md += ["No finished runs yet.", ""]
+    (out_dir / "report.md").write_text("\n".join(md))
+
     figures = "".join(
         f"<h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='data:image/png;base64,{b}'>"
-        for t, b in plots(runs).items()
+        for t, b in plots(rows).items()
     )
+    body = "".join(f"<h2>{html.escape(t)}</h2>{_html_table(tab, c)}" for t, tab, c in sections)
+    if not sections:
+        body = "<p>No finished runs yet.</p>"
+    hw = "".join(f"<li>{html.escape(line)}</li>" for line in hardware)
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;}}
-td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right;}} th{{background:#eee;}}
-img{{max-width:100%;}}</style></head>
-<body><h1>{html.escape(title)}</h1><p>{html.escape(hardware)}</p>
-<h2>Results</h2>{table}{figures}</body></html>
+<style>body{{font-family:sans-serif;margin:2em;color:#222;}} table{{border-collapse:collapse;
+margin-bottom:1.5em;}} td,th{{border:1px solid #bbb;padding:3px 7px;text-align:right;
+font-size:0.9em;}} th{{background:#eee;}} td:first-child{{text-align:left;font-weight:bold;}}
+img{{max-width:100%;display:block;margin-bottom:1em;}} .status td{{text-align:left;}}</style>
+</head>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(description)}</p>
+<p>Hardware:</p><ul>{hw}</ul><p>Generated {generated}.</p>
+{body}{figures}</body></html>
 """
     (out_dir / "report.html").write_text(page)
     return out_dir / "report.md", out_dir / "report.html"

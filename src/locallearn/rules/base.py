@@ -21,6 +21,7 @@ PEPITA, ...) return a surrogate whose gradient *is* the update, e.g.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -94,6 +95,15 @@ class Rule(nn.Module):
 
     def on_validation(self, result: dict[str, Any]) -> None:
         """Called with each validation result (``accuracy``, ``per_block_accuracy``)."""
+
+    # True when the loop may call backward on each loss as iter_losses() yields it
+    # (graph of loss k freed before loss k+1 is built: activation memory flat in depth).
+    # Only safe when no two losses share graph nodes.
+    streams_losses: bool = False
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        """The losses one at a time, in group order (default: from :meth:`losses`)."""
+        yield from self.losses(x, y)
 
     # -- inference --------------------------------------------------------
     def predict(self, x: Tensor) -> Tensor:
@@ -191,19 +201,26 @@ class BlockwiseRule(Rule):
         return cross_entropy(self.network.head(h.detach()), y)
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(self.iter_losses(x, y))
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
         h = self.prepare(x, y)
-        out = []
         readouts = self.readouts()
         last = len(self.network.blocks) - 1
         for k, block in enumerate(self.network.blocks):
             h = block(self.block_input(k, h))
             # A block with nothing to train (a black box without readout) has no group.
             if block.trainable or readouts.get(k) or (self.head_in_last_block and k == last):
-                out.append(self.block_loss(k, h, y))
+                yield self.block_loss(k, h, y)
         if (self.network.head is not None and not self.head_in_last_block
                 and any(p.requires_grad for p in self.network.head.parameters())):
-            out.append(self.head_loss(h, y))
-        return out
+            yield self.head_loss(h, y)
+
+    @property
+    def streams_losses(self) -> bool:
+        # Only the block loop above is known to free block k's graph before block k+1;
+        # a subclass that overrides losses() (e.g. to couple layers) keeps one backward.
+        return type(self).losses is BlockwiseRule.losses
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Every block's output at inference (no labels)."""

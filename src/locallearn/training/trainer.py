@@ -191,14 +191,7 @@ class Trainer:
         self._prepare_out()
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
-        groups = rule.param_groups()
-        optimizers = [
-            make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
-                           lr=g.options.get("lr", cfg.lr),
-                           weight_decay=g.options.get("weight_decay", cfg.weight_decay),
-                           momentum=cfg.momentum)
-            for g in groups
-        ]
+        optimizers = self.make_optimizers(rule)
         schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
 
         start_epoch, history = 0, []
@@ -234,7 +227,7 @@ class Trainer:
             for x, y in loader:
                 x, y = to_device(x, self.device), to_device(y, self.device)
                 if cfg.measure_memory:
-                    with meter.track():
+                    with meter.track(rule):
                         losses = self._step(rule, optimizers, x, y)
                 else:
                     losses = self._step(rule, optimizers, x, y)
@@ -322,7 +315,33 @@ class Trainer:
             return result
         return evaluate(rule, dataset.loader(split, self.config.eval_batch_size), self.device)
 
+    def make_optimizers(self, rule: Rule) -> list[torch.optim.Optimizer]:
+        """One optimiser per parameter group, group options over the run's settings."""
+        cfg = self.config
+        return [
+            make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
+                           lr=g.options.get("lr", cfg.lr),
+                           weight_decay=g.options.get("weight_decay", cfg.weight_decay),
+                           momentum=cfg.momentum)
+            for g in rule.param_groups()
+        ]
+
     def _step(self, rule: Rule, optimizers, x, y) -> Tensor:
+        if rule.streams_losses:
+            # Backward on each loss as soon as it exists: block k's graph (its saved
+            # activations) is freed before block k+1 runs, so activation memory stays
+            # flat in depth. Same gradients as one summed backward, as losses are local.
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            streamed = []
+            for loss in rule.iter_losses(x, y):
+                if loss.requires_grad:
+                    loss.backward()
+                streamed.append(loss.detach())
+            for opt in optimizers:
+                opt.step()
+            rule.after_step()
+            return torch.stack(streamed)
         losses = rule.losses(x, y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,120 @@
+"""`locallearn bench`: suites, resume, rows with hardware, memory and FLOP measurements."""
+
+import json
+
+import pytest
+import torch
+
+from locallearn.bench import Cell, load_suite, read_results, run_suite
+from locallearn.bench.cells import efficiency_cell, memory_cell
+from locallearn.errors import UserError
+from locallearn.rules import RULES
+
+HARDWARE_KEYS = {"cpu", "cpu_count", "torch_threads", "torch_version", "gpu"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny cells: a second OpenMP thread only waits for a core on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_smoke_suite_covers_every_registered_rule():
+    cells = load_suite("smoke").cells()
+    assert sorted(c.rule for c in cells) == RULES.names()
+    assert len({c.key for c in cells}) == len(cells)
+
+
+def test_smoke_suite_runs_resumes_and_writes_hardware(tmp_path, cli):
+    out = tmp_path / "bench"
+    # First only backprop, in process; then the whole suite through the CLI must skip it.
+    counts = run_suite(load_suite("smoke"), out, quiet=True, only_rules=["backprop"])
+    assert counts["ok"] == 1
+    first = read_results(out)
+    assert len(first) == 1 and first[0]["rule"] == "backprop"
+    backprop_summary = out / first[0]["run_dir"] / "summary.json"
+    stamp = backprop_summary.stat().st_mtime_ns
+
+    r = cli("bench", "--suite", "smoke", "--out", str(out), "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "1 already done" in r.stdout
+    rows = read_results(out)
+    assert backprop_summary.stat().st_mtime_ns == stamp  # the done cell was not rerun
+    assert sorted(row["rule"] for row in rows) == RULES.names()  # each cell exactly once
+    for row in rows:
+        assert row["status"] in ("ok", "skipped"), (row["key"], row.get("reason"))
+        assert HARDWARE_KEYS <= set(row["hardware"]), row["hardware"]
+        if row["status"] == "ok":
+            assert 0.0 <= row["test_accuracy"] <= 1.0
+            assert len(row["history"]) == 2 and row["train_seconds"] > 0
+        else:
+            assert row["reason"]
+    assert (out / "report.html").exists() and (out / "report.md").exists()
+    ok = next(row for row in rows if row["status"] == "ok")
+    assert ok["hardware"]["torch_version"] in (out / "report.md").read_text()
+
+    # Nothing left to do: no new rows. An interrupted cell (row missing) runs again.
+    assert run_suite(load_suite("smoke"), out, quiet=True)["ok"] == 0
+    assert len(read_results(out)) == len(rows)
+    kept = [row for row in rows if row["rule"] != "mono-forward"]
+    (out / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept)
+                                       + '{"cut mid-wri')
+    counts = run_suite(load_suite("smoke"), out, quiet=True)
+    assert counts["ok"] == 1 and counts["already_done"] == len(rows) - 1
+    assert read_results(out)[-1]["rule"] == "mono-forward"
+
+
+def test_suite_errors_are_one_line(tmp_path, cli):
+    with pytest.raises(UserError, match="unknown suite"):
+        load_suite("nosuch")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: train\nrules: [backprop]\ntasks: [{data: digits, net: 'mlp:8'}]\n"
+                   "colour: red\n")
+    with pytest.raises(UserError, match="unknown key 'colour'"):
+        load_suite(str(bad))
+    r = cli("bench", "--suite", "smoke", "--out", str(tmp_path / "x"), "--rules", "nosuchrule")
+    assert r.returncode == 2 and "not in suite smoke" in r.stderr
+
+
+def test_memory_suite_expands_depths():
+    cells = load_suite("memory").cells()
+    nets = sorted({c.net for c in cells}, key=len)
+    assert [n.count("1024") for n in nets] == [2, 4, 8, 16, 32]
+    assert {c.options["batch_size"] for c in cells} == {512}
+
+
+def _memory(rule: str, depth: int, width: int = 256, batch: int = 16) -> dict:
+    cell = Cell("memory", rule, "digits", "mlp:" + ",".join([str(width)] * depth), 0,
+                {"batch_size": batch})
+    return memory_cell(cell, {"steps": 2}, None, "cpu")
+
+
+def test_memory_counts_activations_not_weights_and_local_rules_stay_flat():
+    width, batch, floats = 256, 16, 4
+    layer = batch * width * floats  # one block's output
+    bp2, bp8 = _memory("backprop", 2), _memory("backprop", 8)
+    # Backprop keeps every block's output (shared by the ReLU and the next linear layer) and
+    # the input; weights (256x256, 16x larger than a layer's output) are not activations.
+    for r, depth in ((bp2, 2), (bp8, 8)):
+        assert depth * layer <= r["activation_peak_bytes"] < (depth + 1) * layer + batch * 64 * 8
+    mf2, mf8 = _memory("mono-forward", 2), _memory("mono-forward", 8)
+    assert mf8["streams_losses"]
+    # Block by block, the graph of block k is freed before block k+1 runs.
+    assert mf8["activation_peak_bytes"] <= 1.1 * mf2["activation_peak_bytes"]
+    assert mf8["activation_peak_bytes"] < 3 * layer
+    assert bp8["activation_peak_bytes"] > 3 * mf8["activation_peak_bytes"]
+
+
+def test_efficiency_counts_the_matmul_flops_backprop_performs():
+    d, w, c, b = 64, 96, 10, 32  # digits: 64 inputs, 10 classes
+    cell = Cell("efficiency", "backprop", "digits", f"mlp:{w},{w}", 0, {"batch_size": b})
+    row = efficiency_cell(cell, {"warmup_steps": 1, "min_steps": 2, "min_seconds": 0}, None,
+                          "cpu")
+    forward = 2 * b * (d * w + w * w + w * c)
+    # Backward: a weight gradient for every layer, an input gradient for all but the first.
+    backward = 2 * b * (d * w + w * w + w * c) + 2 * b * (w * w + w * c)
+    assert row["flops_per_step"] == forward + backward
+    assert row["peak_matmul_flops"] > 0 and 0 < row["efficiency"] < 2
