@@ -14,7 +14,8 @@ from locallearn.data import IGNORE_INDEX, load_dataset
 from locallearn.errors import UserError
 from locallearn.testing import assert_local
 
-GRAPH_RULES = ["sf", "sf-top-input", "sf-top-loss"]
+GRAPH_RULES = ["sf", "sf-top-input", "sf-top-loss", "ff-label", "ff-vn"]
+LINK_RULES = ["sf", "sf-top-input", "sf-top-loss", "ff-link"]
 
 
 @pytest.fixture(autouse=True)
@@ -148,8 +149,9 @@ def test_graph_rule_refuses_non_graph_network(digits):
 
 
 # -- locality ----------------------------------------------------------------------
-@pytest.mark.parametrize("task", ["node", "link"])
-@pytest.mark.parametrize("rule_name", GRAPH_RULES + ["backprop", "mono-forward"])
+@pytest.mark.parametrize("rule_name,task", [(r, "node") for r in GRAPH_RULES]
+                         + [(r, "link") for r in LINK_RULES]
+                         + [(r, t) for r in ("backprop", "mono-forward") for t in ("node", "link")])
 def test_graph_rules_are_local(rule_name, task):
     d = small(task)
     rule = built(rule_name, d)
@@ -157,6 +159,23 @@ def test_graph_rules_are_local(rule_name, task):
     expected = 1 if rule_name == "backprop" else 3
     assert len(rule.param_groups()) == expected
     assert_local(rule, graph, y)
+
+
+def test_node_only_rules_refuse_links():
+    with pytest.raises(UserError, match="ff-link"):
+        built("ff-label", small("link"))
+    with pytest.raises(UserError, match="node"):
+        built("ff-link", small("node"))
+
+
+def test_ff_label_prediction_tries_every_class():
+    d = small()
+    rule = built("ff-label", d)
+    graph, _ = next(d.loader("test"))
+    scores = rule.predict(graph)
+    assert scores.shape == (d.x.shape[0], d.num_classes)
+    # Each class's column is its own forward pass: the columns differ.
+    assert not torch.allclose(scores[:, 0], scores[:, 1])
 
 
 @pytest.mark.parametrize("rule_name", ["sf-top-input", "sf-top-loss"])
@@ -185,7 +204,7 @@ def test_graph_rules_learn_node_classification(rule_name, tmp_path):
     assert saved["task"] == "node" and "test_auc" not in saved
 
 
-@pytest.mark.parametrize("rule_name", ["sf", "backprop"])
+@pytest.mark.parametrize("rule_name", ["sf", "ff-link", "backprop"])
 def test_link_prediction_learns_and_reports_auc(rule_name):
     s = train(rule=rule_name, data="csbm", net="gcn:32,32", epochs=30, lr=0.01, quiet=True,
               data_options={"nodes": 300, "task": "link", "homophily": 0.9}).summary
