@@ -1,0 +1,266 @@
+"""Pieces shared by the Forward-Forward family (ff, cff, symba).
+
+* :class:`LabelEmbedding` writes a label into the input: one-hot over the first
+  entries of images and signals (Hinton's "first 10 pixels"), appended to vectors.
+* :func:`goodness` is the mean (or sum) of squared activities of one layer.
+* :func:`normalise` divides each sample's activity by its root mean square, so the
+  next layer sees only its direction (Hinton's length normalisation, scaled by
+  sqrt(width) so magnitudes do not depend on the layer's width).
+* :class:`GoodnessRule` is the FF training step and both ways of predicting:
+  goodness of every candidate label accumulated over layers (one pass per label),
+  or a linear softmax readout on the normalised activities of a neutral-label
+  pass (one pass). Subclasses only change the per-layer loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from locallearn.data.base import Task
+from locallearn.errors import UserError
+from locallearn.networks.network import Network
+from locallearn.rules.base import BlockwiseRule, cross_entropy
+
+GOODNESS = ("mean", "sum")
+NEGATIVES = ("random", "hardest", "readout")
+PREDICT = ("goodness", "readout")
+
+
+def goodness(h: Tensor, kind: str = "mean") -> Tensor:
+    """Mean (or sum) of squared activities per sample: shape (batch,)."""
+    sq = h.flatten(1).square()
+    return sq.mean(1) if kind == "mean" else sq.sum(1)
+
+
+def normalise(h: Tensor, eps: float = 1e-8) -> Tensor:
+    """Divide each sample by its root mean square: only the direction passes on."""
+    flat = h.flatten(1)
+    rms = flat.square().mean(1, keepdim=True).add(eps).sqrt()
+    return (flat / rms).view_as(h)
+
+
+def wrong_labels(y: Tensor, num_classes: int, scores: Tensor | None = None) -> Tensor:
+    """A wrong label per sample: uniform at random, or the best-scoring wrong one."""
+    if scores is None:
+        shift = torch.randint(1, num_classes, y.shape, device=y.device)
+        return (y + shift) % num_classes
+    masked = scores.masked_fill(F.one_hot(y, num_classes).bool(), float("-inf"))
+    return masked.argmax(1)
+
+
+class LabelEmbedding(nn.Module):
+    """Writes class labels into inputs.
+
+    Images (C,H,W) and signals (C,L): the first ``num_classes`` entries of the
+    flattened input become a one-hot vector times ``scale`` (Hinton's MNIST recipe;
+    MNIST's first pixels are always background). Vectors: the one-hot is appended,
+    so the first ``nn.Linear`` of block 0 is widened by ``num_classes`` inputs.
+    ``None`` as label gives the neutral label (every entry ``scale / num_classes``),
+    used for the one-pass readout.
+    """
+
+    def __init__(self, network: Network, task: Task, scale: float) -> None:
+        super().__init__()
+        self.num_classes = task.num_classes
+        self.scale = scale
+        self.append = task.kind == "vector"
+        size = 1
+        for d in task.input_shape:
+            size *= d
+        if self.append:
+            widen_first_linear(network, task.num_classes)
+        elif size < task.num_classes:
+            raise UserError(f"inputs of {size} values cannot hold a one-hot label over "
+                            f"{task.num_classes} classes; use an input with more values")
+
+    def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
+        n, c = x.shape[0], self.num_classes
+        if y is None:
+            code = x.new_full((n, c), self.scale / c)
+        else:
+            code = F.one_hot(y, c).to(x.dtype) * self.scale
+        if self.append:
+            return torch.cat([x.flatten(1), code], 1)
+        flat = x.flatten(1).clone()
+        flat[:, :c] = code
+        return flat.view_as(x)
+
+
+def widen_first_linear(network: Network, extra: int) -> None:
+    """Give the first ``nn.Linear`` of block 0 ``extra`` more inputs (for appended labels)."""
+    block = network.blocks[0]
+    for parent in block.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                wide = nn.Linear(child.in_features + extra, child.out_features,
+                                 bias=child.bias is not None)
+                with torch.no_grad():
+                    wide.weight[:, : child.in_features] = child.weight
+                    if child.bias is not None:
+                        wide.bias.copy_(child.bias)
+                setattr(parent, name, wide)
+                block.in_shape = (child.in_features + extra,)
+                return
+    raise UserError("forward-forward on vector data appends the label to the input and needs "
+                    "block 0 to contain an nn.Linear; use an mlp network")
+
+
+class GoodnessRule(BlockwiseRule):
+    """One training step of the FF family (the algorithm box of Hinton, 2022)::
+
+        y_neg = wrong label (random, or hardest by goodness / by the readout)
+        h = [embed(x, y); embed(x, y_neg)]             # positive and negative data
+        for each layer k:
+            h = layer_k(normalise(h.detach()))          # nothing flows between layers
+            g_pos, g_neg = goodness(h) split in halves
+        loss_k = layer_losses(g)[k]                     # subclass: FF, SymBa, CFF
+        loss_head = CE(readout(normalised activities of a neutral-label pass), y)
+
+    ``block_scores`` gives each layer's goodness for every candidate label;
+    ``predict="goodness"`` sums them over layers (the first left out with
+    ``skip_first``), ``predict="readout"`` uses the readout (one pass).
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        task: Task,
+        threshold: float = 2.0,
+        goodness: str = "mean",
+        negatives: str = "hardest",
+        predict: str = "readout",
+        skip_first: bool = False,
+        label_scale: float = 5.0,
+    ) -> None:
+        super().__init__(network, task)
+        for option, value, allowed in (("goodness", goodness, GOODNESS),
+                                       ("negatives", negatives, NEGATIVES),
+                                       ("predict", predict, PREDICT)):
+            if value not in allowed:
+                raise UserError(f"rule {self.name!r} option {option} must be one of "
+                                f"{', '.join(allowed)}; got {value!r}")
+        self.threshold = threshold
+        self.goodness_kind = goodness
+        self.negatives = negatives
+        self.predict_with = predict
+        self.skip_first = skip_first
+        self.embed = LabelEmbedding(network, task, label_scale)
+        layers = len(network.blocks)
+        self.used_layers = list(range(1 if skip_first and layers > 1 else 0, layers))
+        # The readout is a linear map on the concatenated normalised activities,
+        # written as a sum of one linear map per layer; the network's head is the
+        # last layer's part, so the head is still the network's output layer.
+        own = self.used_layers if network.head is None else self.used_layers[:-1]
+        self.projections = nn.ModuleDict({str(k): network.make_readout(k) for k in own})
+
+    # -- training ------------------------------------------------------------
+    def readouts(self) -> dict[int, list[nn.Module]]:
+        return {len(self.network.blocks): list(self.projections.values())}
+
+    def prepare(self, x: Tensor, y: Tensor | None, y_neg: Tensor | None = None) -> Tensor:
+        """Positive then negative data when labels are given, else the neutral label."""
+        if y is None:
+            return self.embed(x, None)
+        if y_neg is None:
+            y_neg = wrong_labels(y, self.task.num_classes)
+        return torch.cat([self.embed(x, y), self.embed(x, y_neg)])
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return normalise(h.detach())
+
+    def layer_goodness(self, k: int, out: Tensor) -> Tensor:
+        return goodness(out, self.goodness_kind)
+
+    def pair_loss(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
+        """Hinton's logistic loss: p(positive) = sigmoid(goodness - threshold)."""
+        return (F.softplus(self.threshold - g_pos) + F.softplus(g_neg - self.threshold)).mean()
+
+    def layer_losses(self, g_pos: list[Tensor], g_neg: list[Tensor]) -> list[Tensor]:
+        """One loss per trainable layer from that layer's goodness (FF: no sharing)."""
+        return [self.pair_loss(p, n) for p, n in zip(g_pos, g_neg, strict=True)]
+
+    def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
+        g_pos, g_neg = self.layer_goodness(k, out).chunk(2)
+        return self.pair_loss(g_pos, g_neg)
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        with torch.no_grad():
+            acts = self.normalised_features(x)
+            readout_scores = self.readout(acts)
+            if self.negatives == "random":
+                y_neg = wrong_labels(y, self.task.num_classes)
+            elif self.negatives == "readout":
+                y_neg = wrong_labels(y, self.task.num_classes, readout_scores)
+            else:
+                y_neg = wrong_labels(y, self.task.num_classes,
+                                     self.accumulate(self.label_goodness(x)))
+        h = self.prepare(x, y, y_neg)
+        g_pos, g_neg = [], []
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            if block.trainable:
+                p, n = self.layer_goodness(k, h).chunk(2)
+                g_pos.append(p)
+                g_neg.append(n)
+        out = self.layer_losses(g_pos, g_neg)
+        # The readout learns on detached activities of the neutral-label pass.
+        out.append(cross_entropy(self.readout(acts), y))
+        return out
+
+    # -- inference -----------------------------------------------------------
+    def normalised_features(self, x: Tensor) -> list[Tensor]:
+        """Normalised activity of every layer for the neutral label."""
+        return [normalise(h) for h in self.features(x)]
+
+    def readout(self, acts: list[Tensor]) -> Tensor:
+        scores = None
+        for k in self.used_layers:
+            a = acts[k].detach()
+            s = self.projections[str(k)](a) if str(k) in self.projections else \
+                self.network.head(a)
+            scores = s if scores is None else scores + s
+        return scores
+
+    def label_goodness(self, x: Tensor) -> list[Tensor]:
+        """Goodness of every layer for every candidate label: list of (batch, classes).
+
+        All labels go through the network as one batch of ``classes * batch`` rows.
+        """
+        n, c = x.shape[0], self.task.num_classes
+        labels = torch.arange(c, device=x.device).repeat_interleave(n)
+        h = self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)
+        scores = []
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            scores.append(self.layer_goodness(k, h).view(c, n).t())
+        return scores
+
+    def accumulate(self, per_layer: list[Tensor]) -> Tensor:
+        """Goodness summed over the layers used for prediction."""
+        return torch.stack([per_layer[k] for k in self.used_layers]).sum(0)
+
+    def block_scores(self, x: Tensor) -> list[Tensor]:
+        return self._cached_label_goodness(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        if self.predict_with == "readout":
+            return self.readout(self.normalised_features(x))
+        return self.accumulate(self._cached_label_goodness(x))
+
+    def _cached_label_goodness(self, x: Tensor) -> list[Tensor]:
+        # evaluate() asks for predict(x) and block_scores(x) on the same batch in
+        # eval mode: compute the per-label passes once.
+        cache = getattr(self, "_goodness_cache", None)
+        if cache is not None and cache[0] is x and not self.training:
+            return cache[1]
+        scores = self.label_goodness(x)
+        self._goodness_cache = (x, scores) if not self.training else None
+        return scores
+
+    def train(self, mode: bool = True) -> Any:
+        self._goodness_cache = None
+        return super().train(mode)
