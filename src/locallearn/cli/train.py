@@ -54,7 +54,13 @@ def stored_settings(out: Path) -> dict:
     path = out / "config.json"
     if not path.exists():
         raise UserError(f"cannot resume: {path} not found; train without --resume first")
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"cannot resume: {path} is damaged (not a JSON object); "
+                        f"start again with --overwrite") from None
     keep = {k: v for k, v in cfg.get("train", {}).items()
             if k in FLAG_KEYS and k not in ("device",)}
     for k in ("rule", "data", "net", "data_dir", "rule_options", "data_options", "net_options"):

@@ -48,3 +48,11 @@ def make_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):
     if name == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
     raise UserError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+def plan_schedule(schedule, epochs: int) -> None:
+    """Point a restored schedule at the run's (possibly new) total number of epochs."""
+    if isinstance(schedule, torch.optim.lr_scheduler.CosineAnnealingLR):
+        schedule.T_max = max(1, epochs)
+    elif isinstance(schedule, torch.optim.lr_scheduler.StepLR):
+        schedule.step_size = max(1, epochs // 3)

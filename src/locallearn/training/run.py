@@ -8,11 +8,13 @@ from typing import Any
 import torch
 
 from locallearn.data import load_dataset
+from locallearn.errors import UserError
 from locallearn.networks import create_network
 from locallearn.rules import RULES, Rule, create_rule
 from locallearn.training.trainer import TrainConfig, Trainer
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+TRAIN_TYPES = {f.name: f.type for f in fields(TrainConfig)}
 
 
 @dataclass
@@ -41,13 +43,38 @@ def make_config(rule: str, **train_options: Any) -> TrainConfig:
     settings.update({k: v for k, v in train_options.items() if v is not None})
     unknown = set(settings) - TRAIN_KEYS
     if unknown:
-        from locallearn.errors import UserError
-
         raise UserError(f"unknown training option {sorted(unknown)[0]!r}; "
                         f"known: {', '.join(sorted(TRAIN_KEYS))}")
-    config = TrainConfig(**settings)
+    config = TrainConfig(**{k: coerce_setting(k, v) for k, v in settings.items()})
     config.validate()
     return config
+
+
+def coerce_setting(key: str, value: Any) -> Any:
+    """Config files and ``--set`` give strings or YAML scalars: check them against
+    TrainConfig's field types so ``epochs=abc`` is a one-line error, not a TypeError."""
+    kind = str(TRAIN_TYPES[key])
+    if value is None or kind.startswith("dict") or "str" in kind:
+        return value
+    try:
+        if kind == "bool":
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            if not isinstance(value, (bool, int)):
+                raise ValueError
+            return bool(value)
+        if kind == "int":
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"setting {key!r} must be {'an' if kind == 'int' else 'a'} {kind}, "
+                        f"got {value!r}") from None
+    return value
 
 
 def run_info_for(rule: str, data: str, net: str, data_dir, rule_options, data_options,

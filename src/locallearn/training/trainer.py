@@ -26,7 +26,7 @@ from locallearn.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
-from locallearn.training.optim import make_optimizer, make_schedule
+from locallearn.training.optim import make_optimizer, make_schedule, plan_schedule
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json",
              "best.safetensors", "best.json", "config.json")
@@ -199,14 +199,22 @@ class Trainer:
         if cfg.resume:
             tensors, meta = load_checkpoint(self.out)
             self._load_rule_tensors(rule, tensors)
-            for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
-                opt.load_state_dict(unflatten_optimizer(rest, tensors))
-            for sch, st in zip(schedules, meta["schedules"], strict=True):
-                if sch is not None and st is not None:
-                    sch.load_state_dict(st)
-            rule.load_extra_state(meta.get("rule_extra", {}))
-            torch.set_rng_state(tensors["rng.torch"])
-            start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
+            try:
+                for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
+                    opt.load_state_dict(unflatten_optimizer(rest, tensors))
+                for sch, st in zip(schedules, meta["schedules"], strict=True):
+                    if sch is not None and st is not None:
+                        sch.load_state_dict(st)
+                        # A resume may extend the run (--epochs): the schedule keeps going
+                        # from where it is towards the new end instead of restarting.
+                        plan_schedule(sch, cfg.epochs)
+                rule.load_extra_state(meta.get("rule_extra", {}))
+                torch.set_rng_state(tensors["rng.torch"])
+                start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UserError(f"checkpoint in {self.out} is incomplete or does not fit this "
+                                f"run ({type(exc).__name__}: {exc}); resume with the same "
+                                f"settings or start again with --overwrite") from None
         elif self.out is not None:
             (self.out / "config.json").write_text(json.dumps(
                 {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
