@@ -33,12 +33,25 @@ def test_partition_is_contiguous_and_balanced():
     assert partition(3, 3) == [range(0, 1), range(1, 2), range(2, 3)]
 
 
-def test_two_stages_end_with_the_weights_of_one_process(tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    r1 = cli_env("train", *ARGS, "--epochs", "3", "--out", str(one))
-    r2 = cli_env("train", *ARGS, "--epochs", "3", "--stages", "2", "--out", str(two))
-    assert r1.returncode == 0, r1.stderr
-    assert r2.returncode == 0, r2.stderr
+@pytest.fixture(scope="module")
+def staged_runs(tmp_path_factory):
+    """One process for 2 epochs, two stages for 2 epochs, and two stages 1 epoch + resume."""
+    root = tmp_path_factory.mktemp("staged")
+    one, two, part = root / "one", root / "two", root / "part"
+    results = [
+        cli_env("train", *ARGS, "--epochs", "2", "--out", str(one)),
+        cli_env("train", *ARGS, "--epochs", "2", "--stages", "2", "--out", str(two)),
+        cli_env("train", *ARGS, "--epochs", "1", "--stages", "2", "--out", str(part)),
+        cli_env("train", "--resume", "--epochs", "2", "--stages", "2", "--out", str(part),
+                "--quiet"),
+    ]
+    for r in results:
+        assert r.returncode == 0, r.stderr
+    return one, two, part
+
+
+def test_two_stages_end_with_the_weights_of_one_process(staged_runs):
+    one, two, _ = staged_runs
     a, b = rule_tensors(one), rule_tensors(two)
     assert a.keys() == b.keys()
     for key in a:
@@ -48,20 +61,15 @@ def test_two_stages_end_with_the_weights_of_one_process(tmp_path):
     assert s2["stages"] == 2 and len(s2["stage_info"]) == 2
     assert s1["test_accuracy"] == s2["test_accuracy"]
     assert s1["test_accuracy"] > 0.5
+    assert all(0 <= info["busy_fraction"] <= 1 for info in s2["stage_info"])
 
 
-def test_staged_resume_continues_exactly(tmp_path):
-    full, part = tmp_path / "full", tmp_path / "part"
-    assert cli_env("train", *ARGS, "--epochs", "2", "--stages", "2",
-                   "--out", str(full)).returncode == 0
-    assert cli_env("train", *ARGS, "--epochs", "1", "--stages", "2",
-                   "--out", str(part)).returncode == 0
-    r = cli_env("train", "--resume", "--epochs", "2", "--stages", "2", "--out", str(part),
-                "--quiet")
-    assert r.returncode == 0, r.stderr
-    a, b = rule_tensors(full), rule_tensors(part)
+def test_staged_resume_continues_exactly(staged_runs):
+    _, two, part = staged_runs
+    a, b = rule_tensors(two), rule_tensors(part)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert json.loads((part / "stage1.json").read_text())["epoch"] == 1
 
 
 def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):

@@ -18,6 +18,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--net", help="network spec, e.g. mlp:500,500 or cnn")
     p.add_argument("--data-dir", help="folder holding downloaded datasets (mnist, cifar10, ...)")
     p.add_argument("--label-column", help="csv data: name of the label column (default: last)")
+    p.add_argument("--task", choices=["node", "link"],
+                   help="graph data: node classification (default) or link prediction")
     p.add_argument("--epochs", type=int, help="epochs (default: the rule's own)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate")
@@ -42,6 +44,8 @@ def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> 
     flags = {k: getattr(args, k, None) for k in FLAG_KEYS}
     if getattr(args, "label_column", None):
         flags["data_options"] = {"label_column": args.label_column}
+    if getattr(args, "task", None):
+        flags.setdefault("data_options", {})["task"] = args.task
     settings = merge(stored or {}, file_cfg, flags, parse_set(args.set))
     settings.setdefault("rule", "backprop")
     settings.setdefault("data", "mnist5k")
@@ -121,6 +125,8 @@ class Train:
                 f"{s['samples_per_second'] or 0:.0f} samples/s, "
                 f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB ({s['device']})")
         print(line)
+        if s.get("test_auc") is not None:
+            print(f"link prediction: test AUC {s['test_auc']:.4f}")
         if s.get("test_perplexity") is not None:
             print(f"test perplexity {s['test_perplexity']:.3f}")
         if s.get("per_layer_test_accuracy"):

@@ -19,12 +19,25 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_
         raise UserError(f"learning rate must be positive, got {lr}; e.g. --lr 1e-3")
     params = list(params)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **_fused(params))
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **_fused(params))
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _fused(params: list[nn.Parameter]) -> dict[str, bool]:
+    """``fused=True`` where torch has a fused Adam kernel for these parameters.
+
+    The same update as the default multi-tensor Adam in one pass over memory; on CPU
+    it made the optimiser step ~7x faster for a 2048-wide MLP (benchmarks/profile_step.py).
+    """
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    devices = {p.device.type for p in params}
+    ok = (params and all(p.is_floating_point() for p in params)
+          and (devices <= {"cuda"} or (devices <= {"cpu", "cuda"} and version >= (2, 4))))
+    return {"fused": True} if ok and len(devices) == 1 else {}
 
 
 def make_schedule(name: str, optimizer: torch.optim.Optimizer, epochs: int):

@@ -31,8 +31,10 @@ def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = 
     dataset = load_dataset(data, seed=seed, data_dir=data_dir, **(data_options or {}))
     RULES.get(rule)  # fail on an unknown rule before any work
     torch.manual_seed(seed)
+    # A dataset may suggest network options (graph data: the GNN head for node or link task).
+    net_options = {**getattr(dataset, "network_options", {}), **(net_options or {})}
     network = create_network(net, dataset.task.input_shape, dataset.task.num_classes,
-                             **(net_options or {}))
+                             **net_options)
     learner = create_rule(rule, network, dataset.task, **(rule_options or {}))
     return dataset, learner
 
@@ -97,6 +99,8 @@ def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500
     dataset, learner = build(rule, data, net, config.seed, data_dir, data_options, net_options,
                              rule_options)
     run_info = run_info_for(rule, data, net, data_dir, rule_options, data_options, net_options)
+    if hasattr(dataset, "graph_task"):
+        run_info["task"] = dataset.graph_task
     trainer = Trainer(config, run_info)
     summary = trainer.fit(learner, dataset)
     return TrainResult(summary, learner, dataset)
