@@ -13,6 +13,19 @@ The surrogate's gradient w.r.t. block k's weights is the DFA update
 ``(e B_k ⊙ f'(a_k)) h_{k-1}^T``: the error reaches every block in one step,
 through a random matrix, never through another block's weights.
 
+Structured outputs (same update, delivered where the error lives):
+    sequences (gpt, ``text`` data): e is per position, (batch, length, vocab);
+        B_k is vocab x width and position t of block k receives e_t B_k (the
+        error of a position stays at that position, as causality requires).
+    graphs, node task: the "batch" is the nodes; nodes outside the split get e = 0.
+    graphs, link task: the head (score of a pair = <z_u, z_v>) has no
+        parameters, so it counts as part of the loss and the error is taken at the
+        network's output, the last block's node embeddings: e = dL/dz_L (each
+        node's sum over its scored pairs of (sigmoid(s_uv) - y_uv) z_v). The last
+        block receives e itself (DFA's output layer), block k < L-1 receives e B_k
+        with B_k fixed random, width_L x width_k. (Projecting the two-class pair
+        error to both endpoints instead did not learn: AUC 0.51 on csbm.)
+
 Deviations from the paper: a *block* (not a single layer) receives ``e B_k``
 at its output and the gradient runs through the block's own layers; for the
 cnn's conv -> ReLU -> max-pool blocks that means the signal enters after
@@ -37,18 +50,47 @@ from locallearn.rules.base import ParamGroup, Rule, cross_entropy
 class DFA(Rule):
     name = "dfa"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    supports_kinds = ("image", "signal", "vector", "graph", "text")
 
     def __init__(self, network: Network, task: Task) -> None:
         super().__init__(network, task)
         if network.head is None:
             raise UserError("dfa needs a network with an output head (the error is taken there)")
+        # Sequences: one matrix shared by all positions (vocab x width), see the docstring.
+        self.per_position = task.kind == "text"
+        self.link_pairs = getattr(network, "graph_task", None) == "link"
+        rows = network.blocks[-1].out_features if self.link_pairs else task.num_classes
         for k, block in enumerate(network.blocks):
-            self.register_buffer(f"feedback{k}", random_matrix(task.num_classes,
-                                                               block.out_features))
+            cols = block.out_shape[-1] if self.per_position else block.out_features
+            self.register_buffer(f"feedback{k}", random_matrix(rows, cols))
 
     def feedback(self, k: int) -> Tensor:
         """B_k, fixed: maps the output error to block k's output."""
         return getattr(self, f"feedback{k}")
+
+    def error(self, h: Tensor, scores: Tensor, y: Tensor) -> Tensor:
+        """The output error e (a constant for the blocks), see the docstring."""
+        if self.link_pairs:
+            # The loss's gradient at the last embeddings (the head has no weights),
+            # per pair rather than averaged: the surrogate averages.
+            z = h.detach().requires_grad_(True)
+            with torch.enable_grad():
+                e = torch.autograd.grad(cross_entropy(self.network.head(z), y), z)[0]
+            return e * count_valid(y)
+        with torch.no_grad():
+            flat = scores.flatten(0, -2)  # sequences: (batch * length, classes)
+            e = torch.softmax(flat, dim=-1) - one_hot(y.flatten(), self.task.num_classes)
+            e[y.flatten() == -100] = 0.0
+        return e.view_as(scores)
+
+    def delta(self, k: int, e: Tensor, h_k: Tensor) -> Tensor:
+        """The signal block k receives at its output: e B_k, in h_k's shape."""
+        block = self.network.blocks[k]
+        if self.per_position:
+            return e @ self.feedback(k)
+        if self.link_pairs:
+            return e if k == len(self.network.blocks) - 1 else e @ self.feedback(k)
+        return project(e, self.feedback(k), block.out_shape)
 
     def param_groups(self) -> list[ParamGroup]:
         return self.block_groups()
@@ -59,14 +101,12 @@ class DFA(Rule):
             h = block(h.detach())
             outputs.append(h)
         scores = self.network.head(h.detach())
-        with torch.no_grad():
-            e = torch.softmax(scores, dim=-1) - one_hot(y, self.task.num_classes)
-            e[y == -100] = 0.0
-        n = count_valid(y)
+        e = self.error(h, scores, y)
+        n = count_valid(y.flatten())
         out = []
         for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True)):
             if block.trainable:
-                out.append(surrogate(h_k, project(e, self.feedback(k), block.out_shape), n))
+                out.append(surrogate(h_k, self.delta(k, e, h_k), n))
         if any(p.requires_grad for p in self.network.head.parameters()):
             out.append(cross_entropy(scores, y))
         return out
