@@ -37,7 +37,7 @@ def test_any_python_callable_is_a_block(digits):
     assert rule.predict(digits.test.x[:5]).shape == (5, 10)
 
 
-@pytest.mark.parametrize("rule", ["backprop"])
+@pytest.mark.parametrize("rule", ["backprop", "fa"])
 def test_rules_needing_gradients_refuse_black_boxes(rule, digits, cli):
     net = create_network("mlp:32,bb,32", digits.input_shape, digits.num_classes)
     with pytest.raises(UserError, match="black-box"):
