@@ -16,7 +16,7 @@ from locallearn.testing import assert_local
 
 GRAPH_RULES = ["sf", "sf-top-input", "sf-top-loss", "ff-label", "ff-vn"]
 LINK_RULES = ["sf", "sf-top-input", "sf-top-loss", "ff-link"]
-GENERIC_RULES = ["backprop", "mono-forward", "dfa"]  # rules for any network, on GNN blocks
+GENERIC_RULES = ["backprop", "mono-forward", "dfa", "local"]  # rules for any network, on GNN blocks
 
 
 @pytest.fixture(autouse=True)
@@ -157,8 +157,10 @@ def test_graph_rules_are_local(rule_name, task):
     d = small(task)
     rule = built(rule_name, d)
     graph, y = next(d.loader("train"))
-    # One group per GNN layer; dfa adds the node head (the link head has no weights).
-    expected = {"backprop": 1, "dfa": 4 if task == "node" else 3}.get(rule_name, 3)
+    # One group per GNN layer; dfa and local add the node head (the link head has no
+    # weights); mono-forward's last layer owns the head.
+    expected = 1 if rule_name == "backprop" else \
+        4 if rule_name in ("dfa", "local") and task == "node" else 3
     assert len(rule.param_groups()) == expected
     assert_local(rule, graph, y)
 
@@ -173,7 +175,7 @@ def test_dfa_link_error_is_taken_at_the_embeddings():
     z = outs[-1].detach().requires_grad_(True)
     loss = torch.nn.functional.cross_entropy(rule.network.head(z), y)
     (dz,) = torch.autograd.grad(loss, z)
-    e = rule.error(outs[-1], None, y)
+    e = rule.embedding_error(outs[-1], y)
     assert torch.allclose(e, dz * len(y), atol=1e-6)
     assert torch.equal(rule.delta(2, e, outs[2]), e)
     assert torch.allclose(rule.delta(0, e, outs[0]), e @ rule.feedback(0))
@@ -222,7 +224,7 @@ def test_graph_rules_learn_node_classification(rule_name, tmp_path):
     assert saved["task"] == "node" and "test_auc" not in saved
 
 
-@pytest.mark.parametrize("rule_name", ["mono-forward", "dfa"])
+@pytest.mark.parametrize("rule_name", ["mono-forward", "dfa", "local"])
 def test_generic_rules_learn_node_classification_on_gnn_blocks(rule_name):
     s = train(rule=rule_name, data="csbm", net="gcn:32,32", epochs=30, lr=0.01, quiet=True,
               data_options={"nodes": 300, "homophily": 0.8, "snr": 0.7}).summary
@@ -230,7 +232,8 @@ def test_generic_rules_learn_node_classification_on_gnn_blocks(rule_name):
     assert s["test_accuracy"] > 0.7  # 4 classes: chance is 0.25
 
 
-@pytest.mark.parametrize("rule_name", ["sf", "ff-link", "backprop", "mono-forward", "dfa"])
+@pytest.mark.parametrize("rule_name", ["sf", "ff-link", "backprop", "mono-forward", "dfa",
+                                       "local"])
 def test_link_prediction_learns_and_reports_auc(rule_name):
     s = train(rule=rule_name, data="csbm", net="gcn:32,32", epochs=30, lr=0.01, quiet=True,
               data_options={"nodes": 300, "task": "link", "homophily": 0.9}).summary

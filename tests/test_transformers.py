@@ -48,7 +48,8 @@ def test_gpt_causal_mask_hides_the_future(text):
 # (rule, training settings): dfa with plain SGD, as in the paper; with Adam its
 # blocks drift faster than the head can follow (test perplexity above the unigram's).
 GPT_RULES = [("backprop", {"lr": 3e-3}), ("mono-forward", {"lr": 3e-3}),
-             ("dfa", {"lr": 0.05, "optimizer": "sgd"}), ("ff-seq", {"lr": 3e-3})]
+             ("dfa", {"lr": 0.05, "optimizer": "sgd"}), ("ff-seq", {"lr": 3e-3}),
+             ("local", {"lr": 3e-3})]
 
 
 @pytest.mark.parametrize("rule,settings", GPT_RULES, ids=[r for r, _ in GPT_RULES])
@@ -70,7 +71,7 @@ def test_local_rules_on_gpt_are_local(rule, text):
     assert_local(rule, text.train.x[:8], text.train.y[:8])
 
 
-@pytest.mark.parametrize("rule", ["mono-forward", "ff-seq"])
+@pytest.mark.parametrize("rule", ["mono-forward", "ff-seq", "local"])
 def test_local_rule_predictions_stay_causal(rule, text):
     # Per-position normalisation and readouts: later characters never reach earlier scores.
     learner = create_rule(rule, create_network("gpt:2x32", text.input_shape, text.num_classes),
@@ -90,7 +91,7 @@ def test_dfa_on_gpt_sends_each_position_its_own_error(text):
     x, y = text.train.x[:4], text.train.y[:4]
     with torch.no_grad():
         scores = net(x)
-        e = rule.error(None, scores, y)
+        e = rule.output_signal(scores, y)
         expected = torch.softmax(scores, -1) - torch.nn.functional.one_hot(y, text.num_classes)
     assert torch.allclose(e, expected, atol=1e-6)
     h = net.features(x)[0]
@@ -104,7 +105,7 @@ def test_mono_forward_on_vit_is_local(digits):
     assert_local(rule, digits.train.x[:16], digits.train.y[:16])
 
 
-@pytest.mark.parametrize("rule", ["backprop", "mono-forward"])
+@pytest.mark.parametrize("rule", ["backprop", "mono-forward", "local"])
 def test_vit_learns_digits(rule):
     s = train(rule=rule, data="digits", net="vit:2x32", epochs=15, lr=3e-3, quiet=True).summary
     assert s["test_accuracy"] > 0.7

@@ -48,11 +48,11 @@ from locallearn.networks.network import Network
 from locallearn.networks.transformer import PooledReadout
 from locallearn.rules import RULES
 from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
-from locallearn.rules.base import ParamGroup, Rule, cross_entropy
+from locallearn.rules.base import ErrorBroadcastRule, cross_entropy
 
 
 @RULES.register("dfa", help="Direct Feedback Alignment: output error to every block via fixed B_k")
-class DFA(Rule):
+class DFA(ErrorBroadcastRule):
     name = "dfa"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector", "graph", "text")
@@ -61,7 +61,7 @@ class DFA(Rule):
         super().__init__(network, task)
         if network.head is None:
             raise UserError("dfa needs a network with an output head (the error is taken there)")
-        # Sequences: one matrix shared by all positions (vocab x width), see the docstring.
+        # How e reaches a block with structured outputs (see the docstring).
         self.per_position = task.kind == "text"
         self.per_token = isinstance(network.head, PooledReadout)
         self.link_pairs = getattr(network, "graph_task", None) == "link"
@@ -75,47 +75,43 @@ class DFA(Rule):
         """B_k, fixed: maps the output error to block k's output."""
         return getattr(self, f"feedback{k}")
 
-    def error(self, h: Tensor, scores: Tensor, y: Tensor) -> Tensor:
-        """The output error e (a constant for the blocks), see the docstring."""
-        if self.link_pairs:
-            # The loss's gradient at the last embeddings (the head has no weights),
-            # per pair rather than averaged: the surrogate averages.
-            z = h.detach().requires_grad_(True)
-            with torch.enable_grad():
-                e = torch.autograd.grad(cross_entropy(self.network.head(z), y), z)[0]
-            return e * count_valid(y)
-        with torch.no_grad():
-            flat = scores.flatten(0, -2)  # sequences: (batch * length, classes)
-            e = torch.softmax(flat, dim=-1) - one_hot(y.flatten(), self.task.num_classes)
-            e[y.flatten() == -100] = 0.0
+    def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
+        """e = softmax(s) - onehot(y); zero for rows without a target."""
+        flat = scores.flatten(0, -2)  # sequences: (batch * length, classes)
+        e = torch.softmax(flat, dim=-1) - one_hot(y.flatten(), self.task.num_classes)
+        e[y.flatten() == -100] = 0.0
         return e.view_as(scores)
+
+    def signal_loss(self, k: int, h_k: Tensor, e: Tensor, y: Tensor) -> Tensor:
+        return surrogate(h_k, self.delta(k, e, h_k), count_valid(y.flatten()))
 
     def delta(self, k: int, e: Tensor, h_k: Tensor) -> Tensor:
         """The signal block k receives at its output: e B_k, in h_k's shape."""
-        block = self.network.blocks[k]
         if self.per_position:
             return e @ self.feedback(k)
         if self.per_token:
             return (e @ self.feedback(k)).unsqueeze(1).expand_as(h_k)
         if self.link_pairs:
             return e if k == len(self.network.blocks) - 1 else e @ self.feedback(k)
-        return project(e, self.feedback(k), block.out_shape)
+        return project(e, self.feedback(k), self.network.blocks[k].out_shape)
 
-    def param_groups(self) -> list[ParamGroup]:
-        return self.block_groups()
+    def embedding_error(self, z: Tensor, y: Tensor) -> Tensor:
+        """Link task: dL/dz at the last embeddings, per pair rather than averaged
+        (the surrogate averages)."""
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = torch.autograd.grad(cross_entropy(self.network.head(z), y), z)[0]
+        return e * count_valid(y)
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        if not self.link_pairs:
+            return super().losses(x, y)
+        # Link task: the error lives at the embeddings, which output_signal cannot see.
         h, outputs = x, []
         for block in self.network.blocks:
             h = block(h.detach())
             outputs.append(h)
-        scores = self.network.head(h.detach())
-        e = self.error(h, scores, y)
-        n = count_valid(y.flatten())
-        out = []
-        for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True)):
-            if block.trainable:
-                out.append(surrogate(h_k, self.delta(k, e, h_k), n))
-        if any(p.requires_grad for p in self.network.head.parameters()):
-            out.append(cross_entropy(scores, y))
-        return out
+        e = self.embedding_error(h, y)
+        return [self.signal_loss(k, h_k, e, y)
+                for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True))
+                if block.trainable]
