@@ -2,6 +2,7 @@
 
     PYTHONPATH=src python benchmarks/graphs.py                    # the full grid (long on CPU)
     PYTHONPATH=src python benchmarks/graphs.py --seeds 0 --epochs 50 --nodes 500
+    PYTHONPATH=src python benchmarks/graphs.py --from-json a.jsonl b.jsonl   # tables only
 
 Grid: csbm at each ``--homophily`` (default 0.9, 0.7, 0.5), the same GNN for every
 rule (default ``gcn:128,128,128,128``), every ``--seeds`` seed (default 0 1 2; a
@@ -32,7 +33,8 @@ from locallearn.rules import RULES
 
 NODE_RULES = ["backprop", "mono-forward", "local", "dfa", "sf", "sf-top-input", "sf-top-loss",
               "ff-label", "ff-vn"]
-LINK_RULES = ["backprop", "mono-forward", "sf", "sf-top-input", "sf-top-loss", "ff-link"]
+LINK_RULES = ["backprop", "mono-forward", "local", "dfa", "sf", "sf-top-input", "sf-top-loss",
+              "ff-link"]
 TARGET = {"node": 0.02, "link": 0.03}
 
 
@@ -103,8 +105,23 @@ def main() -> None:
                    help="torch CPU threads (1: message passing scatters crawl when a second "
                         "thread waits for a busy core)")
     p.add_argument("--json", help="also write every run as JSON lines to this file")
+    p.add_argument("--from-json", nargs="+", metavar="FILE",
+                   help="print the tables of runs saved with --json (no training)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.from_json:
+        rows = [json.loads(line) for f in args.from_json for line in open(f) if line.strip()]
+        order = {"node": NODE_RULES, "link": LINK_RULES}
+        for task in ("node", "link"):
+            got = [x for x in rows if x["task"] == task]
+            if got:
+                hs = sorted({x["homophily"] for x in got}, reverse=True)
+                rules = [r for r in order[task] if any(x["rule"] == r for x in got)]
+                rules += sorted({x["rule"] for x in got} - set(rules))
+                seeds = sorted({x["seed"] for x in got})
+                print(f"\n{task}: seeds {seeds}")
+                print("\n".join(table(got, task, hs, rules)))
+        return
 
     rules = {"node": [r for r in args.node_rules if r in RULES],
              "link": [r for r in args.link_rules if r in RULES]}

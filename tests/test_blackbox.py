@@ -10,11 +10,14 @@ from locallearn.networks.blackbox import black_box_block
 from locallearn.testing import assert_local
 
 
-def test_numpy_black_box_in_the_middle_still_trains():
-    s = train(rule="mono-forward", data="digits", net="mlp:64,bb,64", epochs=15,
-              quiet=True).summary
-    assert s["test_accuracy"] > 0.8  # chance is 0.1
-    assert len(s["per_layer_test_accuracy"]) == 3
+# Rules that never differentiate through another block; measured 0.84-0.94.
+@pytest.mark.parametrize("rule", ["mono-forward", "local", "ff", "dfa"])
+def test_numpy_black_box_in_the_middle_still_trains(rule):
+    s = train(rule=rule, data="digits", net="mlp:64,bb,64", epochs=15, quiet=True,
+              checkpoint=False).summary
+    assert s["test_accuracy"] > 0.75  # chance is 0.1
+    if rule != "dfa":  # dfa has no per-block readouts
+        assert len(s["per_layer_test_accuracy"]) == 3
 
 
 def test_black_box_has_no_gradient_and_rule_stays_local(digits):
