@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -127,11 +128,20 @@ def main() -> None:
              "link": [r for r in args.link_rules if r in RULES]}
     missing = sorted(set(args.node_rules + args.link_rules) - set(RULES.names()))
     rows = []
+    done = {}  # runs already in --json (an interrupted benchmark continues)
+    if args.json and os.path.exists(args.json):
+        for line in open(args.json):
+            if line.strip():
+                x = json.loads(line)
+                done[(x["rule"], x["task"], x["homophily"], x["seed"])] = x
     started = time.time()
     for task in args.tasks:
         for h in args.homophily:
             for seed in args.seeds:
                 for rule in rules[task]:
+                    if (rule, task, h, seed) in done:
+                        rows.append(done[(rule, task, h, seed)])
+                        continue
                     row = run_one(rule, task, h, seed, args)
                     rows.append(row)
                     print(json.dumps(row), flush=True)

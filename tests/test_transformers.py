@@ -99,16 +99,33 @@ def test_dfa_on_gpt_sends_each_position_its_own_error(text):
     assert torch.allclose(rule.delta(0, e, h)[:, 5], e[:, 5] @ rule.feedback(0))
 
 
-def test_mono_forward_on_vit_is_local(digits):
+@pytest.mark.parametrize("rule", ["mono-forward", "dfa"])
+def test_local_rules_on_vit_are_local(rule, digits):
     net = create_network("vit:3x32", digits.input_shape, digits.num_classes)
-    rule = create_rule("mono-forward", net, digits.task)
+    rule = create_rule(rule, net, digits.task)
     assert_local(rule, digits.train.x[:16], digits.train.y[:16])
 
 
-@pytest.mark.parametrize("rule", ["backprop", "mono-forward", "local"])
-def test_vit_learns_digits(rule):
-    s = train(rule=rule, data="digits", net="vit:2x32", epochs=15, lr=3e-3, quiet=True).summary
-    assert s["test_accuracy"] > 0.7
+# dfa trails on vit (0.36 measured at 20 epochs; backprop 0.82 at 15), well above chance (0.1).
+@pytest.mark.parametrize("rule,epochs,floor", [("backprop", 15, 0.7), ("mono-forward", 15, 0.7),
+                                               ("local", 15, 0.7), ("dfa", 20, 0.25)])
+def test_vit_learns_digits(rule, epochs, floor):
+    s = train(rule=rule, data="digits", net="vit:2x32", epochs=epochs, lr=3e-3, quiet=True,
+              checkpoint=False).summary
+    assert s["test_accuracy"] > floor
+
+
+def test_dfa_on_vit_sends_every_token_the_same_error(digits):
+    net = create_network("vit:2x32", digits.input_shape, digits.num_classes)
+    rule = create_rule("dfa", net, digits.task)
+    x, y = digits.train.x[:4], digits.train.y[:4]
+    with torch.no_grad():
+        e = rule.output_signal(net(x), y)
+        h = net.features(x)[1]
+        delta = rule.delta(1, e, h)
+    assert delta.shape == h.shape
+    assert torch.allclose(delta[:, 0], e @ rule.feedback(1))
+    assert torch.equal(delta[:, 0], delta[:, -1])
 
 
 def test_bad_transformer_specs(digits):
