@@ -40,8 +40,8 @@ from locallearn.errors import UserError
 from locallearn.rules.base import BlockwiseRule, Rule
 
 # Thresholds of the sweep: dense near 1 because softmax readouts saturate.
-THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995,
-              0.9999, 0.99999, 1.01)
+THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995,
+              0.998, 0.999, 0.9995, 0.9999, 0.99999, 1.01)
 # "Within 1 point of full depth": the tolerance used to pick the operating threshold.
 TOLERANCE = 0.01
 

@@ -95,7 +95,7 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
     if log:
         log(f"  {steps[0]['blocks']} blocks (trained run): val {best_val:.4f}  "
             f"test {base_test['accuracy']:.4f}")
-    transforms = run.transforms
+    transforms, last_tried = run.transforms, None
     for i in range(1, max_blocks + 1):
         new, _ = build_rule({**run.config, "transforms": transforms}, dataset,
                             extra_transforms=[{"kind": "grow", "blocks": 1}], seed_offset=i)
@@ -108,6 +108,7 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
                                   early_exit=False,
                                   device=device, **({"epochs": epochs} if epochs else {}))
         Trainer(config).fit(new, dataset)
+        last_tried = new
         for n, p in new.named_parameters():  # the contract: frozen weights never move
             if n in before and not torch.equal(before[n], p.detach().to(before[n].device)):
                 raise AssertionError(f"frozen weight {n} changed while growing")
@@ -123,8 +124,9 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
                 f"  {'kept' if kept else 'no better: discarded, stop'}")
         if not kept:
             break
-        for p in new.parameters():
-            p.requires_grad_(True)
         rule, best_val = new, val
         transforms = transforms + [{"kind": "grow", "blocks": 1}]
-    return {"rule": rule, "transforms": transforms, "steps": steps, "split": split}
+    # rule: the best network (old blocks left frozen); last_tried: the last grown rule
+    # trained, kept or not.
+    return {"rule": rule, "transforms": transforms, "steps": steps, "split": split,
+            "last_tried": last_tried}

@@ -185,7 +185,7 @@ def save_model(out: Path, rule: Rule, config: dict[str, Any], transforms: list[d
 def drop_modules(rule: Rule, modules: list[nn.Module]) -> None:
     """Replace each module (wherever the rule holds it) by a parameter-free identity."""
     targets = {id(m) for m in modules}
-    for name, parent in list(rule.named_modules()):
+    for parent in list(rule.modules()):
         for child_name, child in list(parent.named_children()):
             if id(child) in targets:
                 setattr(parent, child_name, nn.Identity())
