@@ -176,3 +176,10 @@ def test_early_exit_needs_readouts(tmp_path, capsys):
         Anytime(run.rule, probe=run.dataset.test.x[:4])
     code, _, err = run_cli(capsys, "inspect", str(out), "--threshold", "0.5")
     assert code == 2 and err.count("\n") == 1 and "no per-block readouts" in err
+
+
+def test_report_plots_early_exit(runs, tmp_path):
+    from locallearn.report import load_runs, write_report
+
+    _, page = write_report(tmp_path, load_runs(runs["ff"].parent))
+    assert "Early exit: accuracy vs mean depth" in page.read_text()

@@ -326,8 +326,8 @@ def measure_speedup(anytime: Anytime, x: Tensor, threshold: float, batch_size: i
 
 
 def early_exit_summary(rule: Rule, dataset, device: torch.device | str = "cpu",
-                       batch_size: int = 1024, time_samples_batch1: int = 256,
-                       time_samples_batch256: int = 1024, repeats: int = 3) -> dict[str, Any]:
+                       batch_size: int = 1024, time_samples_batch1: int = 128,
+                       time_samples_batch256: int = 1024, repeats: int = 2) -> dict[str, Any]:
     """``early_exit`` (test sweep), the operating point picked on validation, speed-ups.
 
     Empty for rules without readouts and for datasets with their own evaluation
