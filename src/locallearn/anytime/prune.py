@@ -99,7 +99,7 @@ def choose_prune(rule: Rule, dataset, keep: int, device: torch.device | str = "c
                            "val_accuracy": acc})
     with torch.no_grad():
         has_readouts = rule.block_scores(dataset.split(split).x[:8].to(device)) is not None
-    if has_readouts:
+    if has_readouts and keep < n:
         anytime = Anytime(rule, probe=dataset.split(split).x[:8].to(device))
         if anytime.incremental:
             _, correct = block_table(anytime, dataset.loader(split, batch_size), device)
