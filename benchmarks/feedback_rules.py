@@ -22,7 +22,7 @@ import torch
 from locallearn.measure import hardware_info
 from locallearn.training import train
 
-RULES = ["backprop", "dfa", "fa", "drtp", "tpsgd", "pepita"]
+RULES = ["backprop", "mono-forward", "dfa", "fa", "drtp", "tpsgd", "pepita", "local", "lls", "ccl"]
 SETTINGS = {"mnist5k-mlp": ("mnist5k", "mlp:500,500"), "mnist1d-cnn": ("mnist1d", "cnn")}
 
 

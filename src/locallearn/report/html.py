@@ -232,6 +232,7 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return {}
     out = {}
@@ -272,6 +273,7 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
                     label=f"{rule} ({data}, {net})")
         ax.set(xlabel="block", ylabel="test accuracy of the block's readout",
                title="Per-layer test accuracy (mean over seeds)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out["Per-layer accuracy"] = _png(fig)
