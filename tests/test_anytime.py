@@ -24,6 +24,7 @@ from locallearn.anytime.importance import skipped
 from locallearn.anytime.runs import held_out_metrics, save_model
 from locallearn.cli.main import main
 from locallearn.errors import UserError
+from locallearn.rules import RULES as RULES_REGISTRY
 
 NET = "mlp:48,48,48"
 RULES = ("mono-forward", "ff")
@@ -87,6 +88,23 @@ def test_early_exit_threshold_zero_uses_one_block_above_one_uses_all(runs, rule)
         acc = (scores.argmax(1) == y).float().mean().item()
         assert acc == pytest.approx(row["accuracy"], abs=1e-6)
         assert used.float().mean().item() == pytest.approx(row["mean_blocks"], abs=1e-6)
+
+
+OTHER_READOUT_RULES = [r for r in ("local", "lls", "ccl", "cafo") if r in RULES_REGISTRY]
+
+
+@pytest.mark.parametrize("rule", OTHER_READOUT_RULES)
+def test_other_readout_rules_exit_block_by_block(rule, digits):
+    trained = train(rule=rule, data="digits", net=NET, epochs=2, quiet=True, checkpoint=False,
+                    early_exit=False).rule.eval()
+    x = digits.test.x
+    anytime = Anytime(trained, probe=x[:8])
+    assert anytime.incremental, anytime.mode
+    with torch.no_grad():
+        for mine, ref in zip(anytime.all_scores(x), trained.block_scores(x), strict=True):
+            assert torch.allclose(mine, ref, atol=1e-5)
+    assert (early_exit_predict(trained, x, 0.0)[1] == 1).all()
+    assert (early_exit_predict(trained, x, 1.5)[1] == 3).all()
 
 
 def test_layer_importance_skips_and_restores(runs):

@@ -20,10 +20,12 @@ threshold of 0 always exits after the first block and a threshold above 1 never 
 early.
 
 :class:`Anytime` needs block-by-block readouts to save any compute. It finds them for
-the FF family (label goodness) and for block-wise rules whose ``readouts()`` are the
-modules ``block_scores`` applies, and checks them against ``Rule.block_scores`` on a
-probe batch; any other rule with readouts falls back to computing every block's scores
-at once (same answers, no saving; ``Anytime.incremental`` is then False).
+the FF family (label goodness), for block-wise rules whose ``readouts()`` are the
+modules ``block_scores`` applies, and for rules whose ``block_scores`` maps
+``network.features(x)`` block by block (then fed one block's output at a time), and
+checks them against ``Rule.block_scores`` on a probe batch; any other rule with
+readouts falls back to computing every block's scores at once (same answers, no
+saving; ``Anytime.incremental`` is then False).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Anytime:
         self.rule = rule
         self.num_blocks = len(rule.network.blocks)
         self.readout_modules: list[nn.Module] | None = None
+        self._fallback_features = False
         own = getattr(rule, "_anytime", None)  # set on pruned models (see prune.py)
         if own is not None:
             self.mode, self.readout_modules = own.mode, own.readout_modules
@@ -72,16 +75,20 @@ class Anytime:
         if _goodness_rule(rule):
             self.mode = "goodness"
         else:
-            self.mode = "full"
             modules = self._find_readouts(rule)
             if modules is not None:
                 self.mode, self.readout_modules = "readout", modules
+            else:
+                self.mode = "features"
         if probe is not None:
             self._check(probe)
+            if self.mode == "full" and self._fallback_features:
+                self.mode = "features"
+                self._check(probe)
 
     @staticmethod
     def _find_readouts(rule: Rule) -> list[nn.Module] | None:
-        """Block k's readout module, when a block-wise rule names exactly one per block."""
+        """Block k's readout module (the first with weights), from a block-wise rule's readouts."""
         if not isinstance(rule, BlockwiseRule):
             return None
         readouts, last = rule.readouts(), len(rule.network.blocks) - 1
@@ -90,7 +97,10 @@ class Anytime:
             mods = list(readouts.get(k, []))
             if k == last and rule.head_in_last_block and rule.network.head is not None:
                 mods.append(rule.network.head)
-            if len(mods) != 1:
+            # Parameter-free entries (e.g. an unused similarity branch) are not readouts;
+            # of several, the first is taken (and checked on the probe batch).
+            mods = [m for m in mods if any(True for _ in m.parameters())]
+            if not mods:
                 return None
             modules.append(mods[0])
         return modules
@@ -118,6 +128,8 @@ class Anytime:
             except (RuntimeError, TypeError, ValueError):
                 same = False  # readouts() were not what block_scores applies
             if not same:
+                # A readout-module guess that failed still leaves the features path.
+                self._fallback_features = self.mode == "readout"
                 self.mode, self.readout_modules = "full", None
         finally:
             self.rule.train(was)
@@ -138,6 +150,8 @@ class Anytime:
             return h, h.new_zeros(h.shape[0])  # rows, goodness summed over blocks so far
         if self.mode == "readout":
             return rule.prepare(x, None)
+        if self.mode == "features":
+            return x
         scores = rule.block_scores(x)
         if scores is None:
             raise UserError(f"rule {rule.name!r} has no per-block readouts; early exit needs a "
@@ -152,6 +166,8 @@ class Anytime:
             h, total = state
             h = self.rule.network.blocks[k](self.rule.block_input(k, h))
             return h, total + self.rule.layer_goodness(k, h)
+        if self.mode == "features":  # a plain forward pass, as Network.features runs it
+            return self.rule.network.blocks[k](state)
         return self.rule.network.blocks[k](self.rule.block_input(k, state))
 
     def scores(self, k: int, state: Any) -> Tensor:
@@ -163,7 +179,25 @@ class Anytime:
             return (state[1] / (k + 1)).view(c, -1).t()
         if self.mode == "readout":
             return self.readout_modules[k](state)
+        if self.mode == "features":
+            return self._scores_from_features(k, state)
         return state[k]
+
+    def _scores_from_features(self, k: int, h: Tensor) -> Tensor:
+        """Block k's scores from rule.block_scores, fed block k's output alone.
+
+        Most rules write ``block_scores`` as ``[f(k, h) for k, h in
+        enumerate(self.network.features(x))]``; with ``features`` briefly returning
+        empty batches for blocks 0..k-1 and ``h`` for block k, only f(k, h) costs
+        anything. Checked against the real ``block_scores`` on the probe batch.
+        """
+        net = self.rule.network
+        fake = [h.new_empty((0, *net.blocks[j].out_shape)) for j in range(k)] + [h]
+        net.features = lambda _x: fake
+        try:
+            return self.rule.block_scores(h)[k]
+        finally:
+            del net.features
 
     def select(self, state: Any, keep: Tensor) -> Any:
         """The state of the samples where ``keep`` (bool, per sample) is True."""
@@ -172,7 +206,7 @@ class Anytime:
             h, total = state
             rows = h.view(c, -1, *h.shape[1:])[:, keep].reshape(-1, *h.shape[1:])
             return rows, total.view(c, -1)[:, keep].reshape(-1)
-        if self.mode == "readout":
+        if self.mode in ("readout", "features"):
             return state[keep]
         return [s[keep] for s in state]
 
@@ -235,7 +269,7 @@ def early_exit_predict(rule: Rule, x: Tensor, threshold: float) -> tuple[Tensor,
     was = rule.training
     rule.eval()
     try:
-        return Anytime(rule).predict(x, threshold)
+        return Anytime(rule, probe=x[:8]).predict(x, threshold)
     finally:
         rule.train(was)
 

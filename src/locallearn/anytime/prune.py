@@ -41,7 +41,7 @@ def apply_prune(rule: Rule, skip: list[int], exit: int | None) -> None:
     if not 0 <= exit < n:
         raise UserError(f"cannot cut after block {exit}: the network has {n} blocks")
     anytime = Anytime(rule)
-    if not anytime.incremental:
+    if anytime.mode not in ("goodness", "readout"):
         raise UserError(f"rule {rule.name!r} has no block-by-block readouts, so the network "
                         f"cannot be cut after block {exit}; prune by skipping blocks instead")
     used = list(anytime.readout_modules[: exit + 1]) if anytime.readout_modules else []
@@ -101,7 +101,7 @@ def choose_prune(rule: Rule, dataset, keep: int, device: torch.device | str = "c
         has_readouts = rule.block_scores(dataset.split(split).x[:8].to(device)) is not None
     if has_readouts and keep < n:
         anytime = Anytime(rule, probe=dataset.split(split).x[:8].to(device))
-        if anytime.incremental:
+        if anytime.mode in ("goodness", "readout"):  # readouts that survive the cut
             _, correct = block_table(anytime, dataset.loader(split, batch_size), device)
             candidates.append({"kind": "truncate", "skip": [], "exit": keep - 1,
                                "val_accuracy": correct[:, keep - 1].float().mean().item()})
