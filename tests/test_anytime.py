@@ -178,6 +178,8 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
         (["prune", str(runs["ff"]), "--keep", "0", "--out", str(tmp_path / "p")], "--keep"),
         (["prune", str(runs["ff"]), "--keep", "4", "--out", str(tmp_path / "p")], "--keep"),
         (["grow", str(tmp_path), "--out", str(tmp_path / "g")], "not a run directory"),
+        (["grow", str(runs["ff"]), "--out", str(tmp_path / "g"), "--max-blocks", "0"],
+         "--max-blocks"),
     ]
     for argv, words in cases:
         code, _, err = run_cli(capsys, *argv)

@@ -28,6 +28,8 @@ class Grow:
 
         if args.epochs is not None and args.epochs < 1:
             raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+        if args.max_blocks < 1:
+            raise UserError(f"--max-blocks must be >= 1, got {args.max_blocks}")
         run = load_run(args.run_dir, device=args.device)
         if getattr(run.dataset, "evaluate", None) is not None:
             raise UserError(f"grow works on datasets of independent samples; "
