@@ -81,6 +81,12 @@ def test_early_exit_threshold_zero_uses_one_block_above_one_uses_all(runs, rule)
     assert torch.equal(scores.argmax(1), full.argmax(1))
     if rule == "mono-forward":  # its last readout is the network's own prediction
         assert torch.equal(scores.argmax(1), run.rule.predict(x).argmax(1))
+    # One sample at a time (the batch-1 fast path) gives the same answers as a batch.
+    batch_scores, batch_used = anytime.predict(x[:20], 0.9)
+    for i in range(20):
+        s1, u1 = anytime.predict(x[i:i + 1], 0.9)
+        assert u1.item() == batch_used[i].item()
+        assert torch.allclose(s1[0], batch_scores[i], atol=1e-5)
     # The sweep (from per-block scores) and real early exit agree at every threshold.
     conf, correct = block_table(anytime, run.dataset.loader("test", 1024))
     for row in sweep(conf, correct, thresholds=(0.3, 0.9, 0.99)):

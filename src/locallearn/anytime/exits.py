@@ -232,6 +232,8 @@ class Anytime:
     def predict(self, x: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
         """Early-exit class scores (batch, classes) and the blocks each sample used."""
         n, last = x.shape[0], self.num_blocks - 1
+        if n == 1:
+            return self._predict_one(x, threshold)
         used = torch.full((n,), self.num_blocks, dtype=torch.long, device=x.device)
         active = torch.arange(n, device=x.device)
         out: Tensor | None = None
@@ -250,6 +252,16 @@ class Anytime:
             keep = ~done
             active, state = active[keep], self.select(state, keep)
         return out, used
+
+    def _predict_one(self, x: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+        # One sample: no per-sample bookkeeping, which would cost as much as a small block.
+        state, last = self.start(x), self.num_blocks - 1
+        for k in range(last + 1):
+            state = self.advance(k, state)
+            s = self.scores(k, state)
+            if k == last or float(self.confidence(s)) >= threshold:
+                return s, torch.full((1,), k + 1, dtype=torch.long, device=x.device)
+        raise AssertionError("unreachable")
 
     @torch.no_grad()
     def predict_full(self, x: Tensor) -> Tensor:
