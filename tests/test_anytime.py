@@ -62,7 +62,9 @@ def test_summary_has_early_exit_sweep_and_speedups(runs, rule):
     assert min(c["accuracy"] for c in curve) > 0.6  # well above chance (0.1)
     point = s["early_exit_operating_point"]
     assert point["incremental"] and point["picked_on"] == "val"
+    assert s["early_exit_speedup"]["threshold"] == point["threshold"]
     for bs in (1, 256):
+        assert s["early_exit_speedup"][f"batch_{bs}"] > 0
         t = s["early_exit_timing"][f"batch_{bs}"]
         assert t["batch_size"] == bs and t["full_seconds"] > 0 and t["early_exit_seconds"] > 0
 

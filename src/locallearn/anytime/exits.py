@@ -411,5 +411,7 @@ def early_exit_summary(rule: Rule, dataset, device: torch.device | str = "cpu",
             "speedup_batch_1": speed["batch_1"]["speedup"],
             "speedup_batch_256": speed["batch_256"]["speedup"],
         },
+        "early_exit_speedup": {"threshold": chosen, "batch_1": speed["batch_1"]["speedup"],
+                               "batch_256": speed["batch_256"]["speedup"]},
         "early_exit_timing": speed,
     }
