@@ -15,7 +15,9 @@ What stays trainable besides the new block: modules the rebuilt rule has that th
 one had not (the new block's readout, e.g. FF's readout term for the old last layer),
 and the head, whose input is now the new block (it starts from the old head's weights).
 For rules whose head is the last block's readout (mono-forward), the old head becomes
-the old last block's readout and is frozen.
+the old last block's readout and is frozen. Freezing covers parameters: buffers such as
+batch-norm statistics of old blocks would still move in train mode (none of the
+built-in networks has any).
 """
 
 from __future__ import annotations
