@@ -118,3 +118,12 @@ def test_efficiency_counts_the_matmul_flops_backprop_performs():
     backward = 2 * b * (d * w + w * w + w * c) + 2 * b * (w * w + w * c)
     assert row["flops_per_step"] == forward + backward
     assert row["peak_matmul_flops"] > 0 and 0 < row["efficiency"] < 2
+
+
+def test_dfa_streams_its_block_updates_once_the_error_exists():
+    # Every block output lives until the output error exists (as in backprop), but each
+    # block's projected error e B_k is made, used and freed one block at a time.
+    bp8, dfa8 = _memory("backprop", 8), _memory("dfa", 8)
+    layer = 16 * 256 * 4
+    assert dfa8["streams_losses"]
+    assert dfa8["activation_peak_bytes"] < bp8["activation_peak_bytes"] + 2 * layer

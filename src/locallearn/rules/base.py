@@ -264,7 +264,15 @@ class ErrorBroadcastRule(Rule):
     def head_loss(self, scores: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(scores, y)
 
+    # Block losses share no graph nodes (inputs are detached), so the loop may backward
+    # each as it is yielded: block k's graph and its projected error are freed before
+    # block k+1's error is made. All block outputs still live until the error exists.
+    streams_losses = True
+
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(self.iter_losses(x, y))
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
         h, outputs = x, []
         for block in self.network.blocks:
             h = block(h.detach())
@@ -272,9 +280,9 @@ class ErrorBroadcastRule(Rule):
         scores = self.network.head(h.detach())
         with torch.no_grad():
             signal = self.output_signal(scores, y)
-        out = [self.signal_loss(k, h_k, signal, y)
-               for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True))
-               if block.trainable]
+        for k, block in enumerate(self.network.blocks):
+            h_k, outputs[k] = outputs[k], None
+            if block.trainable:
+                yield self.signal_loss(k, h_k, signal, y)
         if any(p.requires_grad for p in self.network.head.parameters()):
-            out.append(self.head_loss(scores, y))
-        return out
+            yield self.head_loss(scores, y)

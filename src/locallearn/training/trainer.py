@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint: bool = True
     measure_memory: bool = True
     eval_batch_size: int = 1024
+    early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
 
     def validate(self) -> None:
@@ -304,6 +305,11 @@ class Trainer:
             "hardware": hardware_info(self.device),
             "train_config": asdict(cfg),
         }
+        if cfg.early_exit and test.get("per_block_accuracy"):
+            from locallearn.anytime.exits import early_exit_summary
+
+            summary.update(early_exit_summary(rule, dataset, self.device,
+                                              cfg.eval_batch_size))
         if self.out is not None:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
         self.optimizers = optimizers
