@@ -183,7 +183,9 @@ class SingleForwardTopLoss(StatefulSingleForward):
         for k, block in enumerate(self.network.blocks):
             z = block(states[k].detach())
             losses.append(self.layer_loss(self.mixed(k, z, states), n, y))
-            new_states.append(row_normalise(z).detach())
+            # Normalise the detached output: building (and never using) a graph here would
+            # keep it alive under saved-tensor hooks (the memory meter), a leak.
+            new_states.append(row_normalise(z.detach()))
         self._states = new_states
         return losses
 
