@@ -39,6 +39,8 @@ paper's plain SGD (same optimiser as the backprop baseline).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -103,15 +105,17 @@ class DFA(ErrorBroadcastRule):
             e = torch.autograd.grad(cross_entropy(self.network.head(z), y), z)[0]
         return e * count_valid(y)
 
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
         if not self.link_pairs:
-            return super().losses(x, y)
+            yield from super().iter_losses(x, y)
+            return
         # Link task: the error lives at the embeddings, which output_signal cannot see.
         h, outputs = x, []
         for block in self.network.blocks:
             h = block(h.detach())
             outputs.append(h)
         e = self.embedding_error(h, y)
-        return [self.signal_loss(k, h_k, e, y)
-                for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True))
-                if block.trainable]
+        for k, block in enumerate(self.network.blocks):
+            h_k, outputs[k] = outputs[k], None
+            if block.trainable:
+                yield self.signal_loss(k, h_k, e, y)
