@@ -154,8 +154,14 @@ class NoPropRule(Rule):
     def __init__(self, network: Network, task: Task, steps: int = 10,
                  inference_steps: int | None = None, embedding: str = "onehot",
                  embed_dim: int | None = None, hidden: int = 256, eta: float = 0.1,
-                 inference_noise: bool = False, inference_seed: int = 0) -> None:
+                 inference_noise: bool = False, inference_seed: int = 0, **unknown) -> None:
         super().__init__(network, task)
+        if unknown:  # subclasses take **options, so create_rule cannot check the names
+            known = ("steps, inference_steps, embedding, embed_dim, hidden, eta, "
+                     "inference_noise, inference_seed")
+            raise UserError(f"rule {self.name!r} has no option {next(iter(unknown))!r}; "
+                            f"its options: {known}" + (", weighting" if self.name == "noprop-ct"
+                                                       else ""))
         if network.has_black_box:
             raise UserError(f"rule {self.name!r} backpropagates inside each denoising block, "
                             f"which needs gradients through every layer; the network has a "
