@@ -190,6 +190,7 @@ class NoPropRule(Rule):
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise UserError(f"{self.name} inference_steps must be a positive integer, got {n!r}")
         self.inference_steps = n
+        self._cache = None
 
     def make_denoiser(self, fresh: bool, out: int, time_dim: int = 0) -> Denoiser:
         blocks = fresh_copy(self.network.blocks) if fresh else self.network.blocks
@@ -231,10 +232,15 @@ class NoPropRule(Rule):
         self._draws = 0
         return self.trajectory(x)
 
+    def train(self, mode: bool = True) -> NoPropRule:
+        self._cache = None
+        return super().train(mode)
+
     def predict(self, x: Tensor) -> Tensor:
         scores = self._run(x)
-        # The loop asks for block_scores(x) right after predict(x) on the same batch.
-        self._cache = (x, scores)
+        # The loop asks for block_scores(x) right after predict(x) on the same batch, in
+        # eval mode; the cache is dropped by train(), set_inference_steps() and any use.
+        self._cache = None if self.training else (x, scores)
         return scores[-1]
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
