@@ -6,6 +6,8 @@ number of denoising steps is configurable, prediction is deterministic, and the
 accuracy of T steps is what the training run reported.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -116,6 +118,10 @@ def test_cli_trains_and_rejects_bad_options(capsys, tmp_path):
     base = ["train", "--rule", "noprop-dt", "--data", "digits", "--net", "cnn:4,8",
             "--epochs", "1", "--quiet", "--set", "rule.steps=2", "--set", "rule.hidden=8"]
     assert main(base + ["--out", str(tmp_path / "run")]) == 0
+    # Checkpoints hold the network's modules under two names (block 1 embeds x with them).
+    assert main(base[:7] + ["--epochs", "2"] + base[9:] + ["--out", str(tmp_path / "run"),
+                                                           "--resume"]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 2
     capsys.readouterr()
     for extra, words in ((["--set", "rule.embedding=word2vec"], "onehot, prototype"),
                          (["--set", "rule.stepz=3"], "has no option 'stepz'"),
