@@ -150,6 +150,7 @@ class NoPropRule(Rule):
 
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adamw", "batch_size": 128,
                 "weight_decay": 1e-3}
+    own_options: tuple[str, ...] = ()  # a subclass's options beyond the shared ones
 
     def __init__(self, network: Network, task: Task, steps: int = 10,
                  inference_steps: int | None = None, embedding: str = "onehot",
@@ -157,11 +158,10 @@ class NoPropRule(Rule):
                  inference_noise: bool = False, inference_seed: int = 0, **unknown) -> None:
         super().__init__(network, task)
         if unknown:  # subclasses take **options, so create_rule cannot check the names
-            known = ("steps, inference_steps, embedding, embed_dim, hidden, eta, "
-                     "inference_noise, inference_seed")
+            known = ", ".join(("steps", "inference_steps", "embedding", "embed_dim", "hidden",
+                               "eta", "inference_noise", "inference_seed", *self.own_options))
             raise UserError(f"rule {self.name!r} has no option {next(iter(unknown))!r}; "
-                            f"its options: {known}" + (", weighting" if self.name == "noprop-ct"
-                                                       else ""))
+                            f"its options: {known}")
         if network.has_black_box:
             raise UserError(f"rule {self.name!r} backpropagates inside each denoising block, "
                             f"which needs gradients through every layer; the network has a "
@@ -169,11 +169,11 @@ class NoPropRule(Rule):
         for key, value in (("steps", steps), ("hidden", hidden)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise UserError(f"{self.name} {key} must be a positive integer, got {value!r}")
-        if not eta > 0:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
             raise UserError(f"{self.name} eta must be positive, got {eta!r}")
         self.steps = steps
         self.inference_steps = steps
-        self.set_inference_steps(inference_steps or steps)
+        self.set_inference_steps(steps if inference_steps is None else inference_steps)
         self.eta = float(eta)
         self.hidden = hidden
         self.inference_noise = bool(inference_noise)

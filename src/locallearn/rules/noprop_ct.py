@@ -101,6 +101,7 @@ class MonotoneSchedule(nn.Module):
 @RULES.register("noprop-ct", help="NoProp continuous time: one denoiser, learned noise schedule")
 class NoPropCT(NoPropRule):
     name = "noprop-ct"
+    own_options = ("weighting",)
 
     def __init__(self, network: Network, task: Task, weighting: str = "logsnr", **options) -> None:
         super().__init__(network, task, **options)

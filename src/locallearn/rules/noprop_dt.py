@@ -26,7 +26,7 @@ Design in this library: the network given with ``--net`` (e.g. ``cnn``, ``mlp:25
 is the input embedding of every block; block 1 uses the network's own modules, blocks
 2..T fresh copies (so there are T times the network's feature weights). The
 network's head is frozen and unused. Options: ``steps`` (T, 10), ``inference_steps``
-(default T; fewer skips levels: the block trained at level r jumps straight to the next
+(default T, at most T; fewer skips levels: the block trained at level r jumps straight to the next
 level kept, with the posterior between the two levels), ``embedding`` (``onehot`` or
 ``prototype``), ``embed_dim``, ``hidden`` (256: width of the label path and the fusion
 layer), ``eta`` (0.1), ``inference_noise`` (True: eq. 3's noise term).

@@ -51,6 +51,7 @@ TARGETS = ("clean", "velocity")
 @RULES.register("noprop-fm", help="NoProp flow matching: one network, Euler steps at inference")
 class NoPropFM(NoPropRule):
     name = "noprop-fm"
+    own_options = ("target",)
 
     def __init__(self, network: Network, task: Task, target: str = "clean", **options) -> None:
         super().__init__(network, task, **options)
