@@ -47,6 +47,8 @@ def main() -> None:
     p.add_argument("--settings", default=",".join(SETTINGS), help=", ".join(SETTINGS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--epochs", type=int, default=None, help="override every rule's epochs")
+    p.add_argument("--embedding", default="onehot", help="NoProp label embedding: onehot, "
+                   "prototype")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -55,7 +57,8 @@ def main() -> None:
     device = torch.device(args.device)
     hw = hardware_info(device)
     print(f"# {hw.get('cpu')} ({hw.get('cpu_count')} cores), device {args.device}, "
-          f"torch {hw.get('torch_version')}, threads={args.threads}, seeds {args.seeds}")
+          f"torch {hw.get('torch_version')}, threads={args.threads}, seeds {args.seeds}, "
+          f"noprop embedding {args.embedding}")
     header = ("setting", "rule", "epochs", "params", "test accuracy", "1-step accuracy",
               "train s", "samples/s", "peak MiB")
     rows = []
@@ -66,8 +69,10 @@ def main() -> None:
             accs, one_step, secs, rates, peaks, params = [], [], [], [], [], 0
             for seed in seeds:
                 t0 = time.perf_counter()
+                options = {"embedding": args.embedding} if rule.startswith("noprop") else {}
                 r = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs,
-                          device=args.device, quiet=True, checkpoint=False)
+                          device=args.device, quiet=True, checkpoint=False,
+                          rule_options=options)
                 s = r.summary
                 accs.append(s["test_accuracy"])
                 secs.append(s["train_seconds"])
