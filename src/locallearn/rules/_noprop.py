@@ -4,9 +4,9 @@
 * :class:`Denoiser` is one NoProp block (the paper's Fig. 6): the input goes
   through its *own* feature extractor (a fresh copy of the network's blocks), the
   noised label embedding ``z`` (and, in continuous time, ``t``) through a small
-  fully connected path, and both are fused into class logits (dt, ct: the
-  prediction of the clean embedding is ``softmax(logits) @ W_Embed``) or into a
-  velocity (fm).
+  fully connected path, and both are fused into class logits; the prediction of the
+  clean embedding is ``softmax(logits) @ W_Embed`` (noprop-fm with
+  ``target="velocity"``: a velocity instead).
 * :func:`posterior` gives the coefficients of q(z_s | z_r, u_y), the Gaussian
   step from noise level ``r`` to the cleaner level ``s`` used at inference.
 * :class:`NoPropRule` holds what the three rules share: the embedding, the
