@@ -43,7 +43,8 @@ from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.base import BlockwiseRule
+from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules.lls import rms_normalise
 
 
 class FeedbackLayer(nn.Module):
@@ -76,18 +77,38 @@ class CCL(BlockwiseRule):
     # so pipeline stages would need each other's feedback weights.
     stageable = False
 
-    def __init__(self, network: Network, task: Task, normalize: bool = True) -> None:
+    def __init__(self, network: Network, task: Task, normalize: bool | str = "auto",
+                 rms_norm: bool = True) -> None:
         super().__init__(network, task)
         if network.head is None:
             raise UserError("ccl needs a network with an output head (the top of the feedback "
                             "network mirrors it)")
-        self.normalize = normalize
+        if normalize not in (True, False, "auto"):
+            raise UserError(f"ccl normalize must be true, false or auto, got {normalize!r}")
+        self.normalize, self.rms_norm = normalize, rms_norm
         blocks = network.blocks
         shapes = [b.out_shape for b in blocks] + [(task.num_classes,)]
         # feedback[k] = g_{k+1}: level k+1 -> level k, for k = 0..L-1.
         self.feedback = nn.ModuleList(
             [FeedbackLayer(shapes[k + 1], shapes[k]) for k in range(len(blocks))])
         self.register_buffer("classes", torch.eye(task.num_classes))
+
+    def normalized(self, k: int) -> bool:
+        if self.normalize == "auto":  # as in the authors' code: cosine for conv maps only
+            return len(self.network.blocks[k].out_shape) >= 2
+        return bool(self.normalize)
+
+    def passed_on(self, h: Tensor) -> Tensor:
+        return rms_normalise(h) if self.rms_norm else h
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return self.passed_on(h.detach()) if k > 0 else h.detach()
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.network.head(self.passed_on(self.features(x)[-1]))
 
     def readouts(self) -> dict[int, list[nn.Module]]:
         return {k: [g] for k, g in enumerate(self.feedback)}
@@ -103,7 +124,7 @@ class CCL(BlockwiseRule):
     def match(self, k: int, h: Tensor) -> Tensor:
         """C_k = h_k t_k^T: each sample's activity against each class's feedback signal."""
         a, t = h.flatten(1), self.signal(k).flatten(1)
-        if self.normalize:
+        if self.normalized(k):
             a, t = F.normalize(a, dim=1), F.normalize(t, dim=1)
         else:
             a, t = a / math.sqrt(a.shape[1]), t / math.sqrt(t.shape[1])
@@ -116,4 +137,4 @@ class CCL(BlockwiseRule):
         return F.mse_loss(c, target)
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.match(k, h) for k, h in enumerate(self.network.features(x))]
+        return [self.match(k, h) for k, h in enumerate(self.features(x))]

@@ -56,6 +56,11 @@ def periodic_basis(classes: int, dim: int, waveform: str = "cosine") -> Tensor:
     return torch.sign(basis) if waveform == "square" else basis
 
 
+def rms_normalise(h: Tensor, eps: float = 1e-6) -> Tensor:
+    """Each sample's tensor divided by its root-mean-square value."""
+    return h / (h.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (h.dim() - 1)) + eps)
+
+
 class Modulation(nn.Module):
     """The learned part of LLS-M (a gain per class) or LLS-MxM (a class-mixing matrix)."""
 
@@ -74,7 +79,7 @@ class LLS(BlockwiseRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, variant: str = "lls", pool: int = 2,
-                 temperature: float = 1.0, waveform: str = "cosine") -> None:
+                 temperature: float = 1.0, waveform: str = "cosine", rms_norm: bool = True) -> None:
         super().__init__(network, task)
         variant = variant.lower().removeprefix("lls-").replace("lls_", "")
         if variant not in VARIANTS:
@@ -87,6 +92,7 @@ class LLS(BlockwiseRule):
         if not temperature > 0:
             raise UserError(f"lls temperature must be positive, got {temperature}")
         self.variant, self.pool, self.temperature = variant, pool, temperature
+        self.rms_norm = rms_norm
         modulations = []
         for k, block in enumerate(network.blocks):
             dim = self.latent_size(block.out_shape)
@@ -119,6 +125,20 @@ class LLS(BlockwiseRule):
         s = self.latent(h) @ self.basis(k).t() / self.temperature
         return self.modulation[k](s)
 
+    def passed_on(self, h: Tensor) -> Tensor:
+        """What a block hands to the next block and the head: its output divided by its
+        per-sample RMS if ``rms_norm`` (the LLS loss ignores scale, so the scale drifts)."""
+        return rms_normalise(h) if self.rms_norm else h
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return self.passed_on(h.detach()) if k > 0 else h.detach()
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.network.head(self.passed_on(self.features(x)[-1]))
+
     def readouts(self) -> dict[int, list[nn.Module]]:
         if self.variant == "lls":
             return {}
@@ -128,4 +148,4 @@ class LLS(BlockwiseRule):
         return cross_entropy(self.scores(k, out), y)
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.scores(k, h) for k, h in enumerate(self.network.features(x))]
+        return [self.scores(k, h) for k, h in enumerate(self.features(x))]
