@@ -5,7 +5,8 @@ up, a feedback network carries the targets down, and each level pairs the two
 streams with a local loss, like the two flows of a counter-current exchanger.
 
 Algorithm (per mini-batch; blocks k = 0..L-1, then the head):
-    forward:   h_k = f_k(h_{k-1})                    # h_{k-1} detached
+    forward:   h_k = f_k(r(h_{k-1}))                 # h_{k-1} detached; r: divide by
+                                                     #   its RMS (rms_norm)
     feedback:  t_L = I_C                             # one signal per class (one-hot)
                t_k = g_{k+1}(t_{k+1})                # t_{k+1} detached; g_{k+1} maps the
                                                      #   space of level k+1 down to level k
@@ -14,7 +15,7 @@ Algorithm (per mini-batch; blocks k = 0..L-1, then the head):
     level k:   C_k = h_k t_k^T                       # batch x classes: match of each sample's
                                                      #   activity with each class's signal
                L_k = mse(C_k, onehot(y))             # updates f_k AND g_{k+1}, nothing else
-    head:      cross_entropy(head(h_{L-1}), y)       # input detached
+    head:      cross_entropy(head(r(h_{L-1})), y)    # input detached
 Prediction: the forward network (head). ``per_layer_test_accuracy`` reports
 ``argmax_c C_k`` per block.
 
@@ -23,12 +24,20 @@ for the head; for conv -> ReLU -> pool blocks, nearest upsampling back to the
 input size, then a 3x3 convolution + activation. The feedback activation is
 ELU (the authors' default), so signals can be negative.
 
-Deviations from the paper: rows of h_k and t_k are normalised to unit length
-before the product (``normalize=True``; the authors' CNN variant does this, their
-MLP variant scales the raw product by 1/width), which makes the loss independent
-of layer width and activity scale. The input-level pair (x against g_0's output)
-trains only a feedback layer that nothing reads when classifying, so it is left
-out. Adam at lr 1e-3 instead of SGD with gradient clipping; no batch norm.
+Scale of the pairing (``normalize``): ``auto`` (default) follows the authors'
+code, which uses cosine similarities (rows of h_k and t_k normalised) for conv
+maps and the raw product for MLP layers (here divided by the layer width, so
+that the loss does not grow with it); ``true`` / ``false`` force one or the other.
+Measured (seed 0, 20 epochs) on mnist5k ``mlp:500,500``: raw 0.943, cosine
+0.910; on mnist1d ``cnn``: cosine 0.932, raw 0.677 (the last without rms_norm).
+
+Deviations from the paper: the input-level pair (x against g_0's output) trains
+only a feedback layer that nothing reads when classifying, so it is left out.
+Each block passes on its output divided by its per-sample RMS (``rms_norm``,
+default True; forward-only, no parameters): a cosine pairing leaves the scale of
+h_k free to drift, which slowed the head, trained on h_L (mnist1d cnn: head
+0.876 without, 0.932 with). Adam at lr 1e-3 instead of SGD with gradient
+clipping; no batch norm.
 """
 
 from __future__ import annotations

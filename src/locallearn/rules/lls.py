@@ -9,7 +9,8 @@ block learns to make its (pooled, normalised) activity oscillate in step with
 the basis vector of the true class.
 
 Algorithm (per mini-batch, every block at once):
-    h_k = f_k(h_{k-1})                      # h_{k-1} detached: nothing flows back
+    h_k = f_k(r(h_{k-1}))                   # h_{k-1} detached: nothing flows back;
+                                            #   r: divide by its RMS (rms_norm)
     z_k = normalise(pool(h_k))              # conv maps: adaptive average pool to
                                             #   pool x pool (1-D: pool); vectors as is
     s_k = z_k B_k^T / T                     # B_k: classes x dim(z_k), FIXED periodic
@@ -17,7 +18,7 @@ Algorithm (per mini-batch, every block at once):
     LLS-M:    L_k = cross_entropy(s_k * m_k, y)            # m_k: one learned gain per class
     LLS-MxM:  L_k = cross_entropy(s_k M_k, y)              # M_k: classes x classes, learned
     update f_k (and m_k / M_k) with dL_k only
-    head:     cross_entropy(head(h_L), y)   # h_L detached: the output layer's own loss
+    head:     cross_entropy(head(r(h_L)), y)  # h_L detached: the output layer's own loss
 
 Prediction: the network head. ``per_layer_test_accuracy`` reports each block's
 ``argmax s_k`` (with its modulation).
@@ -28,7 +29,11 @@ Deviations from the paper: class frequencies ``w_c`` are spaced evenly in
 takes the sign of the cosine, as in the authors' square-wave option. The
 modulation of LLS-M / LLS-MxM starts at the identity (ones / identity matrix),
 so training starts from plain LLS (the authors start from small random values).
-Adam at lr 1e-3, no batch norm, no schedule.
+Each block passes on its output divided by its per-sample RMS (``rms_norm``,
+default True; forward-only, no parameters): the LLS loss ignores the scale of
+h_k, which then drifts and slowed the head trained on it (digits mlp:64,64 after
+10 epochs: head 0.77 without, 0.89 with; mnist1d cnn 0.806 -> 0.921). Adam at
+lr 1e-3, no batch norm, no schedule.
 """
 
 from __future__ import annotations
