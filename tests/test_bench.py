@@ -77,6 +77,16 @@ def test_suite_errors_are_one_line(tmp_path, cli):
         load_suite(str(bad))
     r = cli("bench", "--suite", "smoke", "--out", str(tmp_path / "x"), "--rules", "nosuchrule")
     assert r.returncode == 2 and "not in suite smoke" in r.stderr
+    r = cli("bench", "--suite", "rules", "--out", str(tmp_path / "x"), "--seeds", "0,x")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--seeds" in r.stderr
+
+
+def test_seeds_flag_replaces_the_suites_seeds(tmp_path, cli):
+    r = cli("bench", "--suite", "rules", "--out", str(tmp_path / "x"), "--seeds", "7",
+            "--rules", "backprop", "--list")
+    assert r.returncode == 0
+    keys = r.stdout.split()
+    assert len(keys) == 2 and all("/seed7/" in k for k in keys)
 
 
 def test_memory_suite_expands_depths():

@@ -75,3 +75,11 @@ def test_local_learns_digits_with_per_layer_readouts(net, aux, loss, epochs, flo
     assert s["test_accuracy"] > floor, s["test_accuracy"]
     assert len(s["per_layer_test_accuracy"]) == 2
     assert min(s["per_layer_test_accuracy"]) > 0.6
+
+
+def test_local_learns_node_classification():
+    s = train(rule="local", data="csbm", net="gcn:32,32", epochs=30, lr=0.01, quiet=True,
+              checkpoint=False, measure_memory=False, rule_options={"loss": "predsim"},
+              data_options={"nodes": 300, "homophily": 0.8, "snr": 0.7}).summary
+    assert s["test_accuracy"] > 0.8, s["test_accuracy"]  # measured 0.98
+    assert min(s["per_layer_test_accuracy"]) > 0.8

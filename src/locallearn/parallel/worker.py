@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from locallearn.errors import UserError
-from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.measure import MemoryMeter
 from locallearn.parallel.stages import (
     ActivationChannel,
     StageContext,
@@ -196,39 +196,14 @@ class StageTrainer:
     def _finish(self, book: Trainer, rule, dataset, parts, infos, history, best,
                 stopped_early: bool, train_seconds: float, samples_seen: int) -> dict[str, Any]:
         """Rank 0: merge the stages' parameters, test, and write ``summary.json``."""
-        cfg = self.config
-
         merged = {k: v for part in parts for k, v in part.items()}
         rule.load_state_dict(merged, strict=False)
-        if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
-            tensors, _ = load_checkpoint(self.out, stem="best")
-            book._load_rule_tensors(rule, tensors)
-        test = book._evaluate(rule, dataset, "test")
-        summary = {
-            **self.run_info,
-            "epochs": len(history),
-            "epochs_requested": cfg.epochs,
-            "seed": cfg.seed,
-            "test_accuracy": test["accuracy"],
-            "best_val_accuracy": best["val_accuracy"],
-            "best_epoch": best["epoch"],
-            "per_layer_test_accuracy": test["per_block_accuracy"],
-            **{f"test_{k}": v for k, v in test.items()
-               if k not in ("accuracy", "per_block_accuracy")},
-            "train_seconds": train_seconds,
-            "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
-            "peak_memory_bytes": sum(i["peak_memory_bytes"] for i in infos),
-            "stage_info": infos,
-            "stopped_early": stopped_early,
-            "num_parameters": sum(p.numel() for p in rule.parameters()),
-            "device": str(self.device),
-            "torch_version": torch.__version__,
-            "hardware": hardware_info(self.device),
-            "train_config": asdict(cfg),
-        }
-        if self.out is not None:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        return summary
+        return book.finish(rule, dataset, history=history, best=best,
+                           stopped_early=stopped_early, train_seconds=train_seconds,
+                           samples_seen=samples_seen,
+                           measured={"peak_memory_bytes": sum(i["peak_memory_bytes"]
+                                                              for i in infos),
+                                     "stage_info": infos})
 
     # -- per-stage checkpoints ---------------------------------------------------
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:

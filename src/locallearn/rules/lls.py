@@ -9,7 +9,8 @@ block learns to make its (pooled, normalised) activity oscillate in step with
 the basis vector of the true class.
 
 Algorithm (per mini-batch, every block at once):
-    h_k = f_k(h_{k-1})                      # h_{k-1} detached: nothing flows back
+    h_k = f_k(r(h_{k-1}))                   # h_{k-1} detached: nothing flows back;
+                                            #   r: divide by its RMS (rms_norm)
     z_k = normalise(pool(h_k))              # conv maps: adaptive average pool to
                                             #   pool x pool (1-D: pool); vectors as is
     s_k = z_k B_k^T / T                     # B_k: classes x dim(z_k), FIXED periodic
@@ -17,7 +18,7 @@ Algorithm (per mini-batch, every block at once):
     LLS-M:    L_k = cross_entropy(s_k * m_k, y)            # m_k: one learned gain per class
     LLS-MxM:  L_k = cross_entropy(s_k M_k, y)              # M_k: classes x classes, learned
     update f_k (and m_k / M_k) with dL_k only
-    head:     cross_entropy(head(h_L), y)   # h_L detached: the output layer's own loss
+    head:     cross_entropy(head(r(h_L)), y)  # h_L detached: the output layer's own loss
 
 Prediction: the network head. ``per_layer_test_accuracy`` reports each block's
 ``argmax s_k`` (with its modulation).
@@ -28,7 +29,11 @@ Deviations from the paper: class frequencies ``w_c`` are spaced evenly in
 takes the sign of the cosine, as in the authors' square-wave option. The
 modulation of LLS-M / LLS-MxM starts at the identity (ones / identity matrix),
 so training starts from plain LLS (the authors start from small random values).
-Adam at lr 1e-3, no batch norm, no schedule.
+Each block passes on its output divided by its per-sample RMS (``rms_norm``,
+default True; forward-only, no parameters): the LLS loss ignores the scale of
+h_k, which then drifts and slowed the head trained on it (digits mlp:64,64 after
+10 epochs: head 0.77 without, 0.89 with; mnist1d cnn 0.806 -> 0.921). Adam at
+lr 1e-3, no batch norm, no schedule.
 """
 
 from __future__ import annotations
@@ -56,6 +61,11 @@ def periodic_basis(classes: int, dim: int, waveform: str = "cosine") -> Tensor:
     return torch.sign(basis) if waveform == "square" else basis
 
 
+def rms_normalise(h: Tensor, eps: float = 1e-6) -> Tensor:
+    """Each sample's tensor divided by its root-mean-square value."""
+    return h / (h.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (h.dim() - 1)) + eps)
+
+
 class Modulation(nn.Module):
     """The learned part of LLS-M (a gain per class) or LLS-MxM (a class-mixing matrix)."""
 
@@ -74,7 +84,7 @@ class LLS(BlockwiseRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, variant: str = "lls", pool: int = 2,
-                 temperature: float = 1.0, waveform: str = "cosine") -> None:
+                 temperature: float = 1.0, waveform: str = "cosine", rms_norm: bool = True) -> None:
         super().__init__(network, task)
         variant = variant.lower().removeprefix("lls-").replace("lls_", "")
         if variant not in VARIANTS:
@@ -87,6 +97,7 @@ class LLS(BlockwiseRule):
         if not temperature > 0:
             raise UserError(f"lls temperature must be positive, got {temperature}")
         self.variant, self.pool, self.temperature = variant, pool, temperature
+        self.rms_norm = rms_norm
         modulations = []
         for k, block in enumerate(network.blocks):
             dim = self.latent_size(block.out_shape)
@@ -119,6 +130,20 @@ class LLS(BlockwiseRule):
         s = self.latent(h) @ self.basis(k).t() / self.temperature
         return self.modulation[k](s)
 
+    def passed_on(self, h: Tensor) -> Tensor:
+        """What a block hands to the next block and the head: its output divided by its
+        per-sample RMS if ``rms_norm`` (the LLS loss ignores scale, so the scale drifts)."""
+        return rms_normalise(h) if self.rms_norm else h
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return self.passed_on(h.detach()) if k > 0 else h.detach()
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.network.head(self.passed_on(self.features(x)[-1]))
+
     def readouts(self) -> dict[int, list[nn.Module]]:
         if self.variant == "lls":
             return {}
@@ -128,4 +153,4 @@ class LLS(BlockwiseRule):
         return cross_entropy(self.scores(k, out), y)
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.scores(k, h) for k, h in enumerate(self.network.features(x))]
+        return [self.scores(k, h) for k, h in enumerate(self.features(x))]

@@ -276,13 +276,28 @@ class Trainer:
                 stopped_early = True
                 break
 
+        memory = meter.report(rule, optimizers, self.device)
+        self.optimizers = optimizers
+        return self.finish(rule, dataset, history=history, best=best,
+                           stopped_early=stopped_early, train_seconds=train_seconds,
+                           samples_seen=samples_seen,
+                           measured={"peak_memory_bytes": memory["peak_memory_bytes"],
+                                     "memory": memory})
+
+    def finish(self, rule: Rule, dataset, *, history: list[dict[str, Any]],
+               best: dict[str, Any], stopped_early: bool, train_seconds: float,
+               samples_seen: int, measured: dict[str, Any]) -> dict[str, Any]:
+        """Test the trained rule and write ``summary.json`` (shared with staged runs).
+
+        ``measured`` holds the memory figures, which the caller measured its own way.
+        """
+        cfg = self.config
         # Early stopping keeps the weights of the best validation epoch.
         if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
             tensors, _ = load_checkpoint(self.out, stem="best")
             self._load_rule_tensors(rule, tensors)
 
         test = self._evaluate(rule, dataset, "test")
-        memory = meter.report(rule, optimizers, self.device)
         summary = {
             **self.run_info,
             "epochs": len(history),
@@ -296,8 +311,7 @@ class Trainer:
                if k not in ("accuracy", "per_block_accuracy")},
             "train_seconds": train_seconds,
             "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
-            "peak_memory_bytes": memory["peak_memory_bytes"],
-            "memory": memory,
+            **measured,
             "stopped_early": stopped_early,
             "num_parameters": sum(p.numel() for p in rule.parameters()),
             "device": str(self.device),
@@ -312,7 +326,6 @@ class Trainer:
                                               cfg.eval_batch_size))
         if self.out is not None:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        self.optimizers = optimizers
         return summary
 
     def _evaluate(self, rule: Rule, dataset, split: str) -> dict[str, Any]:
