@@ -60,7 +60,7 @@ def candidate_goodness(a: Tensor, table: Tensor) -> Tensor:
 
 
 @RULES.register("ff-seq", help="Forward-Forward for gpt: per-layer goodness of (prefix, next "
-                "token) against the hardest wrong token")
+                "token) against a wrong token")
 class SequenceForwardForward(BlockwiseRule):
     name = "ff-seq"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 64}
