@@ -27,8 +27,10 @@ next-token accuracy in summary.json is that of the layer's goodness).
 
 Deviations from the paper: the label enters at each layer's output (a learned
 label embedding per layer) rather than in the input of the first layer; all
-layers learn at once; the hardest negative is taken per layer from that layer's
-own goodness.
+layers learn at once; negatives are random wrong tokens by default (Hinton
+prefers hard ones; here ``negatives="hardest"``, the wrong token of highest
+goodness at that layer, reached test perplexity 18.1 against 13.8 for random
+ones on ``gpt:2x32`` after 8 epochs of 40,000 characters).
 """
 
 from __future__ import annotations
