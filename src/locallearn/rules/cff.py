@@ -49,7 +49,8 @@ class CollaborativeForwardForward(GoodnessRule):
     stageable = False
 
     def __init__(
-        self, network: Network, task: Task, gamma: float = 1.0, threshold: float = 2.0, goodness: str = "mean",
+        self, network: Network, task: Task, gamma: float = 1.0,
+        threshold: float = 2.0, goodness: str = "mean",
         negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:

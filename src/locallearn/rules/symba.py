@@ -39,7 +39,8 @@ class SymBa(GoodnessRule):
     defaults = {"epochs": 12, "lr": 3e-3, "optimizer": "adam", "batch_size": 100}
 
     def __init__(
-        self, network: Network, task: Task, alpha: float = 10.0, threshold: float = 2.0, goodness: str = "mean",
+        self, network: Network, task: Task, alpha: float = 10.0,
+        threshold: float = 2.0, goodness: str = "mean",
         negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
