@@ -164,3 +164,20 @@ def test_family_learns_digits(rule_name, net, epochs, options, least):
     assert s["test_accuracy"] > least  # chance is 0.1
     per_layer = s["per_layer_test_accuracy"]
     assert per_layer and all(0.0 <= a <= 1.0 for a in per_layer)
+
+
+def test_all_labels_first_layer_shortcut_matches_one_pass_per_label(digits):
+    from locallearn.data.base import Task
+
+    cases = [(create_network("mlp:32,16", digits.input_shape, 10), digits.task,
+              digits.test.x[:50])]
+    task = Task(num_classes=3, input_shape=(5,), kind="vector")
+    cases.append((create_network("mlp:8,8", (5,), 3), task, torch.randn(7, 5)))
+    for net, t, x in cases:
+        rule = create_rule("ff", net, t)
+        with torch.no_grad():
+            fast = rule.label_goodness(x)
+            rule._first_layer_all_labels = lambda x: None  # force one pass per label
+            slow = rule.label_goodness(x)
+        for a, b in zip(fast, slow, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)

@@ -28,6 +28,8 @@ from locallearn.rules.base import BlockwiseRule, cross_entropy
 GOODNESS = ("mean", "sum")
 NEGATIVES = ("random", "hardest", "readout")
 PREDICT = ("goodness", "readout")
+# Modules that act on each unit alone (block 0's shortcut for all labels needs these).
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
 
 def goodness(h: Tensor, kind: str = "mean") -> Tensor:
@@ -76,6 +78,10 @@ class LabelEmbedding(nn.Module):
         elif size < task.num_classes:
             raise UserError(f"inputs of {size} values cannot hold a one-hot label over "
                             f"{task.num_classes} classes; use an input with more values")
+
+    def label_column(self, label: int, in_features: int) -> int:
+        """Index of ``label``'s entry in the flattened embedded input of ``in_features``."""
+        return in_features - self.num_classes + label if self.append else label
 
     def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
         n, c = x.shape[0], self.num_classes
@@ -231,13 +237,48 @@ class GoodnessRule(BlockwiseRule):
         All labels go through the network as one batch of ``classes * batch`` rows.
         """
         n, c = x.shape[0], self.task.num_classes
-        labels = torch.arange(c, device=x.device).repeat_interleave(n)
-        h = self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)
-        scores = []
-        for k, block in enumerate(self.network.blocks):
+        h = self._first_layer_all_labels(x)
+        if h is None:  # general block 0: one pass per label
+            labels = torch.arange(c, device=x.device).repeat_interleave(n)
+            h = self.network.blocks[0](self.block_input(
+                0, self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)))
+        scores = [self.layer_goodness(0, h).view(c, n).t()]
+        for k, block in enumerate(self.network.blocks[1:], start=1):
             h = block(self.block_input(k, h))
             scores.append(self.layer_goodness(k, h).view(c, n).t())
         return scores
+
+    def _first_layer_all_labels(self, x: Tensor) -> Tensor | None:
+        """Block 0's output for every label, rows label-major, with one matmul instead of c.
+
+        When block 0 is (Flatten,) Linear, then elementwise activations, the label only
+        changes ``label_scale`` in one input column, and the normalised input's length is
+        the same for every label (a one-hot of fixed scale), so
+            W normalise(x + s e_j) + b = W normalise(x + s e_0) + b + (s / r) (W_j - W_0)
+        with r the input's root mean square. Exact; None when block 0 has another form.
+        """
+        body = self.network.blocks[0].body
+        if not isinstance(body, nn.Sequential):
+            return None
+        mods = list(body)
+        i = 0
+        while i < len(mods) and isinstance(mods[i], nn.Flatten):
+            i += 1
+        if i == len(mods) or not isinstance(mods[i], nn.Linear) or not all(
+                isinstance(m, ELEMENTWISE) for m in mods[i + 1:]):
+            return None
+        linear, n, c = mods[i], x.shape[0], self.task.num_classes
+        xe = self.embed(x, torch.zeros(n, dtype=torch.long, device=x.device)).flatten(1)
+        r = xe.square().mean(1, keepdim=True).add(1e-8).sqrt()  # as in normalise()
+        base = linear(xe / r)                                    # (n, out), label 0
+        first = self.embed.label_column(0, linear.in_features)
+        w = linear.weight[:, first:first + c]                    # (out, c)
+        shift = (w - w[:, :1]).t()                               # (c, out)
+        pre = base.unsqueeze(0) + (self.embed.scale / r).unsqueeze(0) * shift.unsqueeze(1)
+        h = pre.reshape(c * n, -1)
+        for m in mods[i + 1:]:
+            h = m(h)
+        return h
 
     def accumulate(self, per_layer: list[Tensor]) -> Tensor:
         """Goodness summed over the layers used for prediction."""
