@@ -151,7 +151,7 @@ def test_sff_hybrid_backprops_inside_a_unit_only(digits):
 
 @pytest.mark.parametrize("rule_name,net,epochs,options,least", [
     ("cff", "mlp:64,64", 8, {}, 0.85),
-    ("cff", "mlp:64,64", 8, {"predict": "goodness"}, 0.8),
+    ("cff", "mlp:64,64", 8, {"predict": "readout"}, 0.8),
     ("symba", "mlp:64,64", 8, {}, 0.85),
     ("sff", "cnn:16,32", 6, {}, 0.85),
     ("sff", "cnn:16,32", 6, {"blocks_per_unit": 2, "goodness": "position"}, 0.8),

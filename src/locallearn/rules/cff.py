@@ -9,8 +9,11 @@ Algorithm (per mini-batch, every layer at once, each with its own optimiser):
                                                           # only layer k's own part trainable
         L_k = softplus(theta_L - C_k(pos)) + softplus(C_k(neg) - theta_L)
     theta_L = theta * (1 + gamma * (L - 1))               # threshold for a sum of L goodnesses
-Prediction: as in ``ff``; the goodness prediction sums G_j over all layers, which is
-exactly the quantity every layer was trained to make large for the true label.
+Prediction: by default the goodness summed over all layers for every candidate label
+(one pass per label), exactly the quantity every layer was trained to make large for
+the true label; ``predict="readout"`` gives ``ff``'s one-pass linear readout, which
+fits CFF less well (a layer's own activity no longer has to separate the classes
+alone: 0.92 vs 0.94 on mnist5k mlp:500,500 in one run).
 
 Why: under FF each layer learns to separate positive from negative data on its own,
 so a layer keeps working on samples that the layers below already got right. With
@@ -25,7 +28,7 @@ block and the rule cannot be split into pipeline stages (``stageable = False``).
 Deviations from the paper: ``gamma`` (default 1, the paper's setting) weights the
 other layers' goodness; the threshold grows with the number of layers so the
 per-layer operating point matches ``ff``; the rest follows ``ff`` (mean goodness,
-hardest-wrong-label negatives, one-pass linear readout).
+hardest-wrong-label negatives, the optional readout).
 """
 
 from __future__ import annotations
@@ -44,14 +47,14 @@ from locallearn.rules.ff_common import GoodnessRule
                             "goodness (others detached)")
 class CollaborativeForwardForward(GoodnessRule):
     name = "cff"
-    defaults = {"epochs": 12, "lr": 3e-3, "optimizer": "adam", "batch_size": 100}
+    defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}
     # Loss k needs every layer's goodness: no streaming, no pipeline stages.
     stageable = False
 
     def __init__(
         self, network: Network, task: Task, gamma: float = 1.0,
         threshold: float = 2.0, goodness: str = "mean",
-        negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
+        negatives: str = "hardest", predict: str = "goodness", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
         if gamma < 0:

@@ -36,7 +36,7 @@ from locallearn.rules.ff_common import GoodnessRule
 @RULES.register("symba", help="SymBa: Forward-Forward with a symmetric loss on the goodness gap")
 class SymBa(GoodnessRule):
     name = "symba"
-    defaults = {"epochs": 12, "lr": 3e-3, "optimizer": "adam", "batch_size": 100}
+    defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}
 
     def __init__(
         self, network: Network, task: Task, alpha: float = 10.0,
