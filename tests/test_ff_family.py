@@ -181,3 +181,14 @@ def test_all_labels_first_layer_shortcut_matches_one_pass_per_label(digits):
             slow = rule.label_goodness(x)
         for a, b in zip(fast, slow, strict=True):
             assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_option_of_the_wrong_type_is_a_user_error(digits):
+    net = create_network("cnn:8,8", digits.input_shape, digits.num_classes)
+    with pytest.raises(UserError, match="blocks_per_unit must be an int"):
+        create_rule("sff", net, digits.task, blocks_per_unit="abc")
+    with pytest.raises(UserError, match="alpha must be a float"):
+        create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task,
+                    alpha="abc")
+    assert create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task,
+                       alpha=4).alpha == 4.0
