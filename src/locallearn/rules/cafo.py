@@ -46,7 +46,7 @@ PREDICT = ("sum", "last")
                              "predictions summed")
 class CascadedForward(BlockwiseRule):
     name = "cafo"
-    defaults = {"epochs": 15, "lr": 1e-3, "optimizer": "adam", "batch_size": 64}
+    defaults = {"epochs": 15, "lr": 3e-3, "optimizer": "adam", "batch_size": 64}
     head_in_last_block = True
 
     def __init__(
