@@ -77,6 +77,16 @@ def test_suite_errors_are_one_line(tmp_path, cli):
         load_suite(str(bad))
     r = cli("bench", "--suite", "smoke", "--out", str(tmp_path / "x"), "--rules", "nosuchrule")
     assert r.returncode == 2 and "not in suite smoke" in r.stderr
+    r = cli("bench", "--suite", "rules", "--out", str(tmp_path / "x"), "--seeds", "0,x")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--seeds" in r.stderr
+
+
+def test_seeds_flag_replaces_the_suites_seeds(tmp_path, cli):
+    r = cli("bench", "--suite", "rules", "--out", str(tmp_path / "x"), "--seeds", "7",
+            "--rules", "backprop", "--list")
+    assert r.returncode == 0
+    keys = r.stdout.split()
+    assert len(keys) == 2 and all("/seed7/" in k for k in keys)
 
 
 def test_memory_suite_expands_depths():
@@ -118,3 +128,12 @@ def test_efficiency_counts_the_matmul_flops_backprop_performs():
     backward = 2 * b * (d * w + w * w + w * c) + 2 * b * (w * w + w * c)
     assert row["flops_per_step"] == forward + backward
     assert row["peak_matmul_flops"] > 0 and 0 < row["efficiency"] < 2
+
+
+def test_dfa_streams_its_block_updates_once_the_error_exists():
+    # Every block output lives until the output error exists (as in backprop), but each
+    # block's projected error e B_k is made, used and freed one block at a time.
+    bp8, dfa8 = _memory("backprop", 8), _memory("dfa", 8)
+    layer = 16 * 256 * 4
+    assert dfa8["streams_losses"]
+    assert dfa8["activation_peak_bytes"] < bp8["activation_peak_bytes"] + 2 * layer

@@ -94,8 +94,37 @@ def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):
     (["--stages", "4"], "more than the network's 3 blocks"),
     (["--stages", "2", "--rule", "backprop"], "cannot be split into stages"),
     (["--stages", "2", "--staleness", "-1"], "staleness"),
+    (["--stages", "2", "--staleness", "2"], "sends nothing backward"),
+    (["--stages", "2", "--rule", "pepita"], "cannot be split into stages"),
 ])
 def test_impossible_stagings_exit_2(extra, message):
     r = cli_env("train", *ARGS, "--epochs", "1", *extra)
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and message in r.stderr
+
+
+DFA_ARGS = [a if a != "mono-forward" else "dfa" for a in ARGS]
+
+
+def test_dfa_stages_get_the_output_error_and_match_one_process(tmp_path):
+    """dfa sends its output error back to earlier stages: exact with staleness 0,
+    and still learning when a stage may run 3 micro-batches ahead of its error."""
+    one, two, late = tmp_path / "one", tmp_path / "two", tmp_path / "late"
+    results = [
+        cli_env("train", *DFA_ARGS, "--epochs", "6", "--out", str(one)),
+        cli_env("train", *DFA_ARGS, "--epochs", "6", "--stages", "3", "--out", str(two)),
+        cli_env("train", *DFA_ARGS, "--epochs", "6", "--stages", "2", "--staleness", "3",
+                "--out", str(late)),
+    ]
+    for r in results:
+        assert r.returncode == 0, r.stderr
+    a, b, c = rule_tensors(one), rule_tensors(two), rule_tensors(late)
+    assert a.keys() == b.keys() == c.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    # Staleness changes what is computed: block 0 learns from errors up to 3 batches old.
+    assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
+                              c["rule.network.blocks.0.body.1.weight"])
+    s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
+    assert s3["staleness"] == 3 and s3["stages"] == 2
+    assert s1["test_accuracy"] > 0.7 and s3["test_accuracy"] > 0.7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,8 @@ class Bench:
                        help="folder for results.jsonl, runs/ and report.{md,html}; "
                             "cells already in its results.jsonl are skipped")
         p.add_argument("--rules", help="comma-separated subset of the suite's rules")
+        p.add_argument("--seeds", help="comma-separated seeds in place of the suite's "
+                                       "(e.g. --seeds 0 for a quick pass; resumable later)")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
         p.add_argument("--threads", type=int,
                        help="torch CPU threads (default: the suite's setting, else torch's)")
@@ -35,6 +38,13 @@ class Bench:
         from locallearn.report import write_report
 
         suite = load_suite(args.suite)
+        if args.seeds:
+            try:
+                seeds = [int(v) for v in args.seeds.split(",")]
+            except ValueError:
+                raise UserError(f"--seeds takes whole numbers separated by commas, "
+                                f"got {args.seeds!r}") from None
+            suite = dataclasses.replace(suite, seeds=seeds)
         only = [r.strip() for r in args.rules.split(",")] if args.rules else None
         cells = suite.cells()
         if only:

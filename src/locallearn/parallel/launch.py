@@ -35,16 +35,13 @@ def validate(settings: dict[str, Any], stages: int, staleness: int) -> None:
     """Refuse impossible stagings before any process starts."""
     from locallearn.training.run import build
 
-    if staleness < 0:
+    if staleness < 0:  # before building anything
         raise UserError(f"--staleness must be >= 0, got {staleness}")
-    if staleness > 0:
-        raise UserError("--staleness > 0 applies to rules that send signals backward, and no "
-                        "stageable rule does yet; use --staleness 0")
     _, rule = build(settings["rule"], settings["data"], settings["net"],
                     settings.get("seed") or 0, settings.get("data_dir"),
                     settings.get("data_options"), settings.get("net_options"),
                     settings.get("rule_options"))
-    check_stageable(rule)
+    check_stageable(rule, staleness)
     partition(len(rule.network.blocks), stages)
 
 
@@ -75,7 +72,8 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
            timeout_s: float = 60.0) -> dict[str, Any]:
     """Train with ``stages`` processes; returns rank 0's summary."""
     args = {"settings": settings, "out": out, "quiet": quiet, "resume": resume,
-            "overwrite": overwrite, "stages": stages, "timeout_s": timeout_s}
+            "overwrite": overwrite, "stages": stages, "staleness": staleness,
+            "timeout_s": timeout_s}
     if env_rank() is not None:  # started by torchrun: this process is one stage
         from locallearn.parallel.worker import run_stage
 

@@ -24,15 +24,15 @@ import torch
 import torch.distributed as dist
 
 from locallearn.errors import UserError
-from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.measure import MemoryMeter
 from locallearn.parallel.stages import (
     ActivationChannel,
     StageContext,
     check_stageable,
     env_rank,
+    make_stage,
     partition,
     stage_groups,
-    stage_step,
 )
 from locallearn.training.checkpoint import (
     flatten_optimizer,
@@ -58,16 +58,18 @@ def owned_state(rule, groups, ctx: StageContext) -> dict[str, torch.Tensor]:
 
 
 class StageTrainer:
-    def __init__(self, config: TrainConfig, run_info: dict[str, Any], stages: int) -> None:
+    def __init__(self, config: TrainConfig, run_info: dict[str, Any], stages: int,
+                 staleness: int = 0) -> None:
         self.config = config
-        self.run_info = dict(run_info, stages=stages)
+        self.staleness = staleness
+        self.run_info = dict(run_info, stages=stages, staleness=staleness)
         self.device = resolve_device(config.device)
         self.out = Path(config.out) if config.out else None
 
     def fit(self, rule, dataset) -> dict[str, Any] | None:
         cfg = self.config
         rank, world = dist.get_rank(), dist.get_world_size()
-        check_stageable(rule)
+        check_stageable(rule, self.staleness)
         ranges = partition(len(rule.network.blocks), world)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", rank % torch.cuda.device_count())
@@ -94,7 +96,8 @@ class StageTrainer:
             start_epoch, best, history = self._resume(rule, optimizers, schedules, rank, world)
 
         meter = MemoryMeter()
-        channel = ActivationChannel(ctx)
+        channel = ActivationChannel(ctx, signals_in_flight=self.staleness + 1)
+        stage = make_stage(rule, ctx, channel, optimizers, self.staleness)
         fail_rank = int(os.environ.get(FAIL_STAGE_ENV, "-1"))
         fail_after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
         steps = 0
@@ -105,7 +108,7 @@ class StageTrainer:
             rule.train()
             dist.barrier()
             t0 = time.perf_counter()
-            n_samples, loss_sum, n_batches = 0, None, 0
+            n_samples = 0
             for x, y in dataset.loader("train", cfg.batch_size, shuffle=True,
                                        seed=cfg.seed * 100_003 + epoch):
                 if rank == fail_rank and steps == fail_after:
@@ -113,12 +116,11 @@ class StageTrainer:
                 x = x.to(self.device) if ctx.first else None
                 y = y.to(self.device)
                 with meter.track():
-                    losses = stage_step(rule, ctx, channel, optimizers, x, y)
-                loss_sum = losses if loss_sum is None else loss_sum + losses
-                n_batches += 1
+                    stage.step(x, y)
                 n_samples += int(y.shape[0])
                 steps += 1
-            channel.flush()
+            with meter.track():
+                stage.flush()
             for sch in schedules:
                 if sch is not None:
                     sch.step()
@@ -132,8 +134,7 @@ class StageTrainer:
             parts = [None] * world if rank == 0 else None
             dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
             losses_all = [None] * world if rank == 0 else None
-            mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
-            dist.gather_object(mean, losses_all, dst=0)
+            dist.gather_object(stage.epoch_losses(), losses_all, dst=0)
             decision = [None]
             if rank == 0:
                 merged = {k: v for part in parts for k, v in part.items()}
@@ -185,40 +186,24 @@ class StageTrainer:
                       "busy_fraction": 1.0 - channel.wait_seconds / max(train_seconds, 1e-9)}
         infos = [None] * world if rank == 0 else None
         dist.gather_object(stage_info, infos, dst=0)
-        if rank != 0:
-            return None
+        summary = self._finish(book, rule, dataset, parts, infos, history, best,
+                               stopped_early, train_seconds, samples_seen) if rank == 0 else None
+        # Nobody tears the process group down while rank 0 still evaluates: a peer that
+        # exits early can abort gloo's threads in the others ("terminate called ...").
+        dist.barrier()
+        return summary
 
+    def _finish(self, book: Trainer, rule, dataset, parts, infos, history, best,
+                stopped_early: bool, train_seconds: float, samples_seen: int) -> dict[str, Any]:
+        """Rank 0: merge the stages' parameters, test, and write ``summary.json``."""
         merged = {k: v for part in parts for k, v in part.items()}
         rule.load_state_dict(merged, strict=False)
-        if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
-            tensors, _ = load_checkpoint(self.out, stem="best")
-            book._load_rule_tensors(rule, tensors)
-        test = book._evaluate(rule, dataset, "test")
-        summary = {
-            **self.run_info,
-            "epochs": len(history),
-            "epochs_requested": cfg.epochs,
-            "seed": cfg.seed,
-            "test_accuracy": test["accuracy"],
-            "best_val_accuracy": best["val_accuracy"],
-            "best_epoch": best["epoch"],
-            "per_layer_test_accuracy": test["per_block_accuracy"],
-            **{f"test_{k}": v for k, v in test.items()
-               if k not in ("accuracy", "per_block_accuracy")},
-            "train_seconds": train_seconds,
-            "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
-            "peak_memory_bytes": sum(i["peak_memory_bytes"] for i in infos),
-            "stage_info": infos,
-            "stopped_early": stopped_early,
-            "num_parameters": sum(p.numel() for p in rule.parameters()),
-            "device": str(self.device),
-            "torch_version": torch.__version__,
-            "hardware": hardware_info(self.device),
-            "train_config": asdict(cfg),
-        }
-        if self.out is not None:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        return summary
+        return book.finish(rule, dataset, history=history, best=best,
+                           stopped_early=stopped_early, train_seconds=train_seconds,
+                           samples_seen=samples_seen,
+                           measured={"peak_memory_bytes": sum(i["peak_memory_bytes"]
+                                                              for i in infos),
+                                     "stage_info": infos})
 
     # -- per-stage checkpoints ---------------------------------------------------
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:
@@ -261,7 +246,8 @@ class StageTrainer:
 
 
 def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
-              overwrite: bool, stages: int, timeout_s: float = 60.0) -> dict[str, Any] | None:
+              overwrite: bool, stages: int, staleness: int = 0,
+              timeout_s: float = 60.0) -> dict[str, Any] | None:
     """Run this process's stage (rank and world size from the environment)."""
     from locallearn.training.run import build, make_config, run_info_for
 
@@ -289,7 +275,7 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
         dataset, rule = build(names["rule"], names["data"], names["net"], config.seed,
                               options["data_dir"], options["data_options"],
                               options["net_options"], options["rule_options"])
-        return StageTrainer(config, run_info, stages).fit(rule, dataset)
+        return StageTrainer(config, run_info, stages, staleness).fit(rule, dataset)
     finally:
         dist.destroy_process_group()
 

@@ -232,6 +232,7 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return {}
     out = {}
@@ -272,10 +273,15 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
                     label=f"{rule} ({data}, {net})")
         ax.set(xlabel="block", ylabel="test accuracy of the block's readout",
                title="Per-layer test accuracy (mean over seeds)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # blocks are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         out["Per-layer accuracy"] = _png(fig)
         plt.close(fig)
+
+    early = [r for r in rows if r.get("early_exit")]
+    if early:
+        out["Early exit: accuracy vs mean depth"] = early_exit_plot(early, plt, colors)
 
     memory = [r for r in rows if r.get("kind") == "memory" and r.get("status") == "ok"]
     if memory:
@@ -314,6 +320,36 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
         out["Compute efficiency"] = _png(fig)
         plt.close(fig)
     return out
+
+
+def early_exit_plot(rows: list[dict[str, Any]], plt, colors: dict[str, Any]) -> str:
+    """Test accuracy against mean blocks used, one curve per run with ``early_exit``.
+
+    The sweep's points are thresholds; the operating point (picked on validation)
+    is circled, with its measured speed-ups in the legend.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in rows:
+        curve = sorted(r["early_exit"], key=lambda c: c["mean_blocks"])
+        rule = r.get("rule", "?")
+        color = colors.get(rule)
+        point = r.get("early_exit_operating_point") or {}
+        label = f"{rule} ({r.get('data')}, {r.get('net')}, seed {r.get('seed')})"
+        if point.get("speedup_batch_1"):
+            label += (f"; x{point['speedup_batch_1']:.2f} at batch 1, "
+                      f"x{point['speedup_batch_256']:.2f} at 256")
+        ax.plot([c["mean_blocks"] for c in curve], [c["accuracy"] for c in curve],
+                marker=".", color=color, label=label)
+        if point:
+            ax.plot([point["mean_blocks"]], [point["accuracy"]], "o", mfc="none", ms=11,
+                    color=color)
+    ax.set(xlabel="mean blocks used per sample", ylabel="test accuracy",
+           title="Early exit: accuracy vs depth (circles: threshold picked on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    png = _png(fig)
+    plt.close(fig)
+    return png
 
 
 # -- the report ------------------------------------------------------------------

@@ -230,3 +230,59 @@ class BlockwiseRule(Rule):
             h = block(self.block_input(k, h))
             outs.append(h)
         return outs
+
+
+class ErrorBroadcastRule(Rule):
+    """A rule whose blocks learn from their own output and one signal made at the output.
+
+    The signal (DFA's output error) is computed once from the head's scores and sent
+    to every block; nothing else crosses a block boundary backwards::
+
+        for k, block in enumerate(blocks):
+            h_k = block(h_{k-1}.detach())
+        scores = head(h_L.detach())
+        e = output_signal(scores, y)            # a constant for the blocks
+        loss_k = signal_loss(k, h_k, e, y)      # block k's own objective
+        loss_head = head_loss(scores, y)
+
+    Because block k needs only ``e``, such rules can be split into pipeline stages
+    (:mod:`locallearn.parallel`): the last stage sends ``e`` back to the others in one
+    message per micro-batch, and a stage may apply it up to ``--staleness`` micro-batches
+    late.
+    """
+
+    def param_groups(self) -> list[ParamGroup]:
+        return self.block_groups()
+
+    def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
+        """The signal broadcast to every block, shape (batch, signal_size); no gradient."""
+        raise NotImplementedError
+
+    def signal_loss(self, k: int, h_k: Tensor, signal: Tensor, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def head_loss(self, scores: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(scores, y)
+
+    # Block losses share no graph nodes (inputs are detached), so the loop may backward
+    # each as it is yielded: block k's graph and its projected error are freed before
+    # block k+1's error is made. All block outputs still live until the error exists.
+    streams_losses = True
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(self.iter_losses(x, y))
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        h, outputs = x, []
+        for block in self.network.blocks:
+            h = block(h.detach())
+            outputs.append(h)
+        scores = self.network.head(h.detach())
+        with torch.no_grad():
+            signal = self.output_signal(scores, y)
+        for k, block in enumerate(self.network.blocks):
+            h_k, outputs[k] = outputs[k], None
+            if block.trainable:
+                yield self.signal_loss(k, h_k, signal, y)
+        if any(p.requires_grad for p in self.network.head.parameters()):
+            yield self.head_loss(scores, y)

@@ -30,13 +30,14 @@ from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
 from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
-from locallearn.rules.base import ParamGroup, Rule, cross_entropy
+from locallearn.rules.base import ErrorBroadcastRule
 
 
 @RULES.register("dfa", help="Direct Feedback Alignment: output error to every block via fixed B_k")
-class DFA(Rule):
+class DFA(ErrorBroadcastRule):
     name = "dfa"
-    defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    # 40 epochs: at 20, mnist1d cnn reached 0.807 (target 0.85), at 40 0.862 (seed 0).
+    defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task) -> None:
         super().__init__(network, task)
@@ -50,23 +51,12 @@ class DFA(Rule):
         """B_k, fixed: maps the output error to block k's output."""
         return getattr(self, f"feedback{k}")
 
-    def param_groups(self) -> list[ParamGroup]:
-        return self.block_groups()
+    def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
+        """e = softmax(s) - onehot(y); zero for rows without a target."""
+        e = torch.softmax(scores, dim=-1) - one_hot(y, self.task.num_classes)
+        e[y == -100] = 0.0
+        return e
 
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
-        h, outputs = x, []
-        for block in self.network.blocks:
-            h = block(h.detach())
-            outputs.append(h)
-        scores = self.network.head(h.detach())
-        with torch.no_grad():
-            e = torch.softmax(scores, dim=-1) - one_hot(y, self.task.num_classes)
-            e[y == -100] = 0.0
-        n = count_valid(y)
-        out = []
-        for k, (block, h_k) in enumerate(zip(self.network.blocks, outputs, strict=True)):
-            if block.trainable:
-                out.append(surrogate(h_k, project(e, self.feedback(k), block.out_shape), n))
-        if any(p.requires_grad for p in self.network.head.parameters()):
-            out.append(cross_entropy(scores, y))
-        return out
+    def signal_loss(self, k: int, h_k: Tensor, e: Tensor, y: Tensor) -> Tensor:
+        block = self.network.blocks[k]
+        return surrogate(h_k, project(e, self.feedback(k), block.out_shape), count_valid(y))

@@ -51,6 +51,7 @@ class TrainConfig:
     checkpoint: bool = True
     measure_memory: bool = True
     eval_batch_size: int = 1024
+    early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
 
     def validate(self) -> None:
@@ -275,13 +276,28 @@ class Trainer:
                 stopped_early = True
                 break
 
+        memory = meter.report(rule, optimizers, self.device)
+        self.optimizers = optimizers
+        return self.finish(rule, dataset, history=history, best=best,
+                           stopped_early=stopped_early, train_seconds=train_seconds,
+                           samples_seen=samples_seen,
+                           measured={"peak_memory_bytes": memory["peak_memory_bytes"],
+                                     "memory": memory})
+
+    def finish(self, rule: Rule, dataset, *, history: list[dict[str, Any]],
+               best: dict[str, Any], stopped_early: bool, train_seconds: float,
+               samples_seen: int, measured: dict[str, Any]) -> dict[str, Any]:
+        """Test the trained rule and write ``summary.json`` (shared with staged runs).
+
+        ``measured`` holds the memory figures, which the caller measured its own way.
+        """
+        cfg = self.config
         # Early stopping keeps the weights of the best validation epoch.
         if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
             tensors, _ = load_checkpoint(self.out, stem="best")
             self._load_rule_tensors(rule, tensors)
 
         test = self._evaluate(rule, dataset, "test")
-        memory = meter.report(rule, optimizers, self.device)
         summary = {
             **self.run_info,
             "epochs": len(history),
@@ -295,8 +311,7 @@ class Trainer:
                if k not in ("accuracy", "per_block_accuracy")},
             "train_seconds": train_seconds,
             "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
-            "peak_memory_bytes": memory["peak_memory_bytes"],
-            "memory": memory,
+            **measured,
             "stopped_early": stopped_early,
             "num_parameters": sum(p.numel() for p in rule.parameters()),
             "device": str(self.device),
@@ -304,9 +319,13 @@ class Trainer:
             "hardware": hardware_info(self.device),
             "train_config": asdict(cfg),
         }
+        if cfg.early_exit and test.get("per_block_accuracy"):
+            from locallearn.anytime.exits import early_exit_summary
+
+            summary.update(early_exit_summary(rule, dataset, self.device,
+                                              cfg.eval_batch_size))
         if self.out is not None:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-        self.optimizers = optimizers
         return summary
 
     def _evaluate(self, rule: Rule, dataset, split: str) -> dict[str, Any]:
