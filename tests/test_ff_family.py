@@ -163,7 +163,8 @@ def test_family_learns_digits(rule_name, net, epochs, options, least):
               checkpoint=False, measure_memory=False, rule_options=options).summary
     assert s["test_accuracy"] > least  # chance is 0.1
     per_layer = s["per_layer_test_accuracy"]
-    assert per_layer and all(0.0 <= a <= 1.0 for a in per_layer)
+    assert len(per_layer) == len(net.split(":")[1].split(","))  # one per block
+    assert all(0.0 <= a <= 1.0 for a in per_layer)
 
 
 def test_all_labels_first_layer_shortcut_matches_one_pass_per_label(digits):

@@ -40,7 +40,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule
+from locallearn.rules.ff_common import GoodnessRule, check_option
 
 
 @RULES.register("cff", help="Collaborative Forward-Forward: each layer's loss sees all layers' "
@@ -57,6 +57,7 @@ class CollaborativeForwardForward(GoodnessRule):
         negatives: str = "hardest", predict: str = "goodness", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
+        gamma = check_option(self.name, "gamma", gamma, float)
         if gamma < 0:
             raise UserError(f"cff option gamma must be >= 0, got {gamma}")
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,

@@ -32,6 +32,18 @@ PREDICT = ("goodness", "readout")
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
 
 
+def check_option(rule: str, key: str, value: Any, kind: type) -> Any:
+    """``value`` as an int, float or bool, else a one-line error (``--set rule.x=abc``)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: number and float(value).is_integer(), float: number,
+          bool: isinstance(value, bool)}[kind]
+    if not ok:
+        article = "an" if kind is int else "a"
+        raise UserError(f"rule {rule!r} option {key} must be {article} {kind.__name__}, "
+                        f"got {value!r}")
+    return kind(value)
+
+
 def goodness(h: Tensor, kind: str = "mean") -> Tensor:
     """Mean (or sum) of squared activities per sample: shape (batch,)."""
     sq = h.flatten(1).square()
@@ -149,6 +161,9 @@ class GoodnessRule(BlockwiseRule):
             if value not in allowed:
                 raise UserError(f"rule {self.name!r} option {option} must be one of "
                                 f"{', '.join(allowed)}; got {value!r}")
+        threshold = check_option(self.name, "threshold", threshold, float)
+        label_scale = check_option(self.name, "label_scale", label_scale, float)
+        skip_first = check_option(self.name, "skip_first", skip_first, bool)
         self.threshold = threshold
         self.goodness_kind = goodness
         self.negatives = negatives

@@ -15,6 +15,7 @@ Algorithm (per mini-batch, one unit after another, each with its own optimiser):
 Prediction (``predict``): "goodness" averages every unit's log-softmax of its class
 goodness (each unit votes), "last" uses the last unit's only, "head" the network's
 head trained with cross-entropy on the detached last features. All in one pass.
+``per_layer_test_accuracy`` is each unit's vote, reported at the unit's last block.
 
 Unlike ``ff``, the label is not written into the input and there is no second
 (negative) pass: the goodness of each class's channel is compared with the others.
@@ -43,6 +44,7 @@ from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, ParamGroup
+from locallearn.rules.ff_common import check_option
 
 GOODNESS = ("channel", "position")
 PREDICT = ("goodness", "last", "head")
@@ -76,6 +78,8 @@ class ScalableForwardForward(BlockwiseRule):
             if value not in allowed:
                 raise UserError(f"rule 'sff' option {option} must be one of "
                                 f"{', '.join(allowed)}; got {value!r}")
+        blocks_per_unit = check_option("sff", "blocks_per_unit", blocks_per_unit, int)
+        kernel_size = check_option("sff", "kernel_size", kernel_size, int)
         n = len(network.blocks)
         if not 1 <= blocks_per_unit <= n:
             raise UserError(f"rule 'sff' option blocks_per_unit must be between 1 and the "
@@ -161,7 +165,19 @@ class ScalableForwardForward(BlockwiseRule):
         return scores, h
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
-        return self.unit_scores(x)[0]
+        """One entry per block: the scores of the last unit finished by that block.
+
+        Inside a unit (hybrid mode) no new vote exists yet, so a block repeats the
+        previous unit's scores, and blocks inside the first unit score zeros (chance):
+        what an exit after that block could predict.
+        """
+        scores, out = self.unit_scores(x)[0], []
+        current = x.new_zeros(x.shape[0], self.task.num_classes)
+        for k in range(len(self.network.blocks)):
+            if k in self.unit_of_last:
+                current = scores[self.unit_of_last[k]]
+            out.append(current)
+        return out
 
     def predict(self, x: Tensor) -> Tensor:
         scores, h = self.unit_scores(x)

@@ -30,7 +30,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule
+from locallearn.rules.ff_common import GoodnessRule, check_option
 
 
 @RULES.register("symba", help="SymBa: Forward-Forward with a symmetric loss on the goodness gap")
@@ -44,6 +44,7 @@ class SymBa(GoodnessRule):
         negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
+        alpha = check_option(self.name, "alpha", alpha, float)
         if alpha <= 0:
             raise UserError(f"symba option alpha must be positive, got {alpha}")
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,
