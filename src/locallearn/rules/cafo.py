@@ -102,8 +102,8 @@ class CascadedForward(BlockwiseRule):
         return loss
 
     # -- inference -----------------------------------------------------------
-    def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.predictor(k, h) for k, h in enumerate(self.network.features(x))]
+    def block_readout(self, k: int, h: Tensor) -> Tensor:
+        return self.predictor(k, h)
 
     def predict(self, x: Tensor) -> Tensor:
         scores = self.block_scores(x)
