@@ -101,8 +101,12 @@ def test_cff_couples_layers_so_it_neither_streams_nor_stages(digits):
     assert not cff.streams_losses
     with pytest.raises(UserError, match="cannot be split into stages"):
         check_stageable(cff)
-    check_stageable(create_rule("symba", create_network("mlp:8", digits.input_shape, 10),
-                                digits.task))
+    # ff and symba stream (each layer's graph freed before the next), but are not staged:
+    # hard negatives and the readout need every layer.
+    symba = create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task)
+    assert symba.streams_losses
+    with pytest.raises(UserError, match="cannot be split into stages"):
+        check_stageable(symba)
     # Layer 0's loss depends on layer 1's goodness (detached): scaling layer 1's weights
     # changes loss 0 but gives layer 1 no gradient from it.
     x, y = digits.train.x[:64], digits.train.y[:64]
@@ -193,3 +197,24 @@ def test_option_of_the_wrong_type_is_a_user_error(digits):
                     alpha="abc")
     assert create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task,
                        alpha=4).alpha == 4.0
+
+
+def test_streamed_ff_losses_equal_the_summed_ones(digits):
+    """ff hands its layer losses over one at a time; same values and gradients as a list."""
+    torch.manual_seed(0)
+    rule = create_rule("ff", create_network("mlp:32,32", digits.input_shape, 10), digits.task)
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    torch.manual_seed(5)
+    streamed = []
+    for loss in rule.iter_losses(x, y):
+        loss.backward()
+        streamed.append(loss.item())
+    grads = [p.grad.clone() for p in rule.parameters() if p.grad is not None]
+    rule.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    listed = rule.losses(x, y)
+    torch.stack(listed).sum().backward()
+    assert streamed == pytest.approx([v.item() for v in listed])
+    for a, b in zip(grads, [p.grad for p in rule.parameters() if p.grad is not None],
+                    strict=True):
+        torch.testing.assert_close(a, b)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -208,17 +209,47 @@ class GoodnessRule(BlockwiseRule):
         g_pos, g_neg = self.layer_goodness(k, out).chunk(2)
         return self.pair_loss(g_pos, g_neg)
 
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+    # Hard negatives are picked by every layer's goodness (or the all-layer readout), and
+    # the readout spans every layer: a pipeline stage could not compute either alone.
+    stageable = False
+
+    @property
+    def streams_losses(self) -> bool:
+        # Layers that learn from their own goodness only (ff, symba) hand their losses
+        # over one at a time, so layer k's graph is freed before layer k+1 runs; a rule
+        # that couples layers in layer_losses (cff) keeps one backward.
+        return type(self).layer_losses is GoodnessRule.layer_losses
+
+    def _negatives(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The neutral-label activities (for the readout) and a wrong label per sample."""
         with torch.no_grad():
             acts = self.normalised_features(x)
-            readout_scores = self.readout(acts)
             if self.negatives == "random":
                 y_neg = wrong_labels(y, self.task.num_classes)
             elif self.negatives == "readout":
-                y_neg = wrong_labels(y, self.task.num_classes, readout_scores)
+                y_neg = wrong_labels(y, self.task.num_classes, self.readout(acts))
             else:
                 y_neg = wrong_labels(y, self.task.num_classes,
                                      self.accumulate(self.label_goodness(x)))
+        return acts, y_neg
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        if not self.streams_losses:
+            yield from self.losses(x, y)
+            return
+        acts, y_neg = self._negatives(x, y)
+        h = self.prepare(x, y, y_neg)
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            if block.trainable:
+                yield self.block_loss(k, h, y)
+        # The readout learns on detached activities of the neutral-label pass.
+        yield cross_entropy(self.readout(acts), y)
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        if self.streams_losses:
+            return list(self.iter_losses(x, y))
+        acts, y_neg = self._negatives(x, y)
         h = self.prepare(x, y, y_neg)
         g_pos, g_neg = [], []
         for k, block in enumerate(self.network.blocks):
