@@ -41,7 +41,7 @@ from torch import Tensor
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
-from locallearn.networks.network import Network
+from locallearn.networks.network import Block, Network
 from locallearn.rules import RULES
 from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
 from locallearn.rules.base import ParamGroup, Rule
@@ -52,15 +52,21 @@ class PEPITA(Rule):
     name = "pepita"
     defaults = {"epochs": 40, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "batch_size": 128}
 
-    def __init__(self, network: Network, task: Task, f_scale: float = 0.05) -> None:
+    def __init__(self, network: Network, task: Task, f_scale: float = 0.05,
+                 conv_mean: bool = True) -> None:
         super().__init__(network, task)
         if network.head is None:
             raise UserError("pepita needs a network with an output head (the error is taken there)")
         if not f_scale > 0:
             raise UserError(f"pepita f_scale must be positive, got {f_scale}")
+        self.conv_mean = conv_mean
         inputs = math.prod(task.input_shape)
         self.register_buffer(
             "feedback", random_matrix(task.num_classes, inputs, f_scale * math.sqrt(6 / inputs)))
+
+    def positions(self, block: Block) -> int:
+        """Output positions a conv block's update is averaged over (1 for a dense block)."""
+        return math.prod(block.out_shape[1:]) if self.conv_mean else 1
 
     def param_groups(self) -> list[ParamGroup]:
         return self.block_groups()
@@ -78,7 +84,7 @@ class PEPITA(Rule):
         for block, h_clean in zip(self.network.blocks, clean, strict=True):
             h = block(h.detach())
             if block.trainable:
-                out.append(surrogate(h, h_clean - h, n))
+                out.append(surrogate(h, h_clean - h, n) / self.positions(block))
         if any(p.requires_grad for p in self.network.head.parameters()):
             out.append(surrogate(self.network.head(h.detach()), e, n))
         return out
