@@ -28,13 +28,26 @@ next block (a parameter-free, forward-only change).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
+from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
+from locallearn.rules._feedback import (
+    count_valid,
+    one_hot,
+    pre_pool_shape,
+    project,
+    random_matrix,
+    rms_normalize,
+    split_pool,
+    surrogate,
+)
 from locallearn.rules.base import BlockwiseRule, cross_entropy
 
 
@@ -43,12 +56,23 @@ class DRTP(BlockwiseRule):
     name = "drtp"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
-    def __init__(self, network: Network, task: Task, squash: bool = True) -> None:
+    def __init__(self, network: Network, task: Task, squash: bool = True,
+                 pre_pool: bool = True, normalize: bool = False,
+                 conv_signal: str = "map") -> None:
         super().__init__(network, task)
         self.squash = squash
-        for k, block in enumerate(network.blocks):
+        self.normalize = normalize
+        self.pre_pool = pre_pool
+        if conv_signal not in ("map", "max", "mean"):
+            raise UserError(f"drtp conv_signal must be map, max or mean, got {conv_signal!r}")
+        self.conv_signal = conv_signal
+        self.signal_shapes = [pre_pool_shape(b) if pre_pool else tuple(b.out_shape)
+                              for b in network.blocks]
+        if conv_signal != "map":  # one entry per channel of a conv map
+            self.signal_shapes = [s[:1] for s in self.signal_shapes]
+        for k, shape in enumerate(self.signal_shapes):
             self.register_buffer(f"projection{k}", random_matrix(task.num_classes,
-                                                                 block.out_features))
+                                                                 math.prod(shape)))
 
     def projection(self, k: int) -> Tensor:
         """B_k, fixed: maps the one-hot target to block k's output."""
@@ -58,20 +82,43 @@ class DRTP(BlockwiseRule):
         """What block k passes on: its output, squashed into [-1, 1] if ``squash``."""
         return torch.tanh(h) if self.squash else h
 
+    def passed(self, h: Tensor) -> Tensor:
+        """What the next block and the head read: the activity, RMS-normalised per
+        sample if ``normalize``."""
+        h = self.activity(h.detach())
+        return rms_normalize(h) if self.normalize else h
+
     def block_input(self, k: int, h: Tensor) -> Tensor:
-        h = h.detach()
-        return self.activity(h) if k > 0 else h
+        return self.passed(h) if k > 0 else h.detach()
 
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
-        block = self.network.blocks[k]
-        delta = project(one_hot(y, self.task.num_classes), self.projection(k), block.out_shape)
-        return surrogate(self.activity(out), delta, count_valid(y))
+        delta = project(one_hot(y, self.task.num_classes), self.projection(k),
+                        self.signal_shapes[k])
+        a = self.activity(out)
+        if self.conv_signal != "map" and a.dim() > 2:
+            a = a.flatten(2).amax(2) if self.conv_signal == "max" else a.flatten(2).mean(2)
+        return surrogate(a, delta, count_valid(y))
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(self.iter_losses(x, y))
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        # As BlockwiseRule's loop, but a conv block's signal enters before its pooling.
+        h = x
+        for k, block in enumerate(self.network.blocks):
+            pre, pool = split_pool(block) if self.pre_pool else (block, None)
+            a = pre(self.block_input(k, h))
+            h = a if pool is None else pool(a)
+            if block.trainable:
+                yield self.block_loss(k, a, y)
+        if any(p.requires_grad for p in self.network.head.parameters()):
+            yield self.head_loss(h, y)
 
     def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy(self.network.head(self.activity(h.detach())), y)
+        return cross_entropy(self.network.head(self.passed(h)), y)
 
     def predict(self, x: Tensor) -> Tensor:
         h = x
         for k, block in enumerate(self.network.blocks):
             h = block(self.block_input(k, h))
-        return self.network.head(self.activity(h))
+        return self.network.head(self.passed(h))
