@@ -48,7 +48,7 @@ from locallearn.rules._feedback import (
     split_pool,
     surrogate,
 )
-from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules.base import BlockwiseRule, ParamGroup, cross_entropy
 
 
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
@@ -58,7 +58,7 @@ class DRTP(BlockwiseRule):
 
     def __init__(self, network: Network, task: Task, squash: bool = True,
                  pre_pool: bool = True, normalize: bool = False,
-                 conv_signal: str = "map") -> None:
+                 conv_signal: str = "map", head_lr: float | None = None) -> None:
         super().__init__(network, task)
         self.squash = squash
         self.normalize = normalize
@@ -66,6 +66,7 @@ class DRTP(BlockwiseRule):
         if conv_signal not in ("map", "max", "mean"):
             raise UserError(f"drtp conv_signal must be map, max or mean, got {conv_signal!r}")
         self.conv_signal = conv_signal
+        self.head_lr = head_lr
         self.signal_shapes = [pre_pool_shape(b) if pre_pool else tuple(b.out_shape)
                               for b in network.blocks]
         if conv_signal != "map":  # one entry per channel of a conv map
@@ -81,6 +82,12 @@ class DRTP(BlockwiseRule):
     def activity(self, h: Tensor) -> Tensor:
         """What block k passes on: its output, squashed into [-1, 1] if ``squash``."""
         return torch.tanh(h) if self.squash else h
+
+    def param_groups(self) -> list[ParamGroup]:
+        groups = super().param_groups()
+        if self.head_lr is not None:
+            groups[-1].options["lr"] = self.head_lr
+        return groups
 
     def passed(self, h: Tensor) -> Tensor:
         """What the next block and the head read: the activity, RMS-normalised per
