@@ -43,7 +43,14 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Block, Network
 from locallearn.rules import RULES
-from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
+from locallearn.rules._feedback import (
+    count_valid,
+    one_hot,
+    project,
+    random_matrix,
+    rms_normalize,
+    surrogate,
+)
 from locallearn.rules.base import ParamGroup, Rule
 
 
@@ -53,13 +60,14 @@ class PEPITA(Rule):
     defaults = {"epochs": 40, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, f_scale: float = 0.05,
-                 conv_mean: bool = True) -> None:
+                 conv_mean: bool = True, normalize: bool = False) -> None:
         super().__init__(network, task)
         if network.head is None:
             raise UserError("pepita needs a network with an output head (the error is taken there)")
         if not f_scale > 0:
             raise UserError(f"pepita f_scale must be positive, got {f_scale}")
         self.conv_mean = conv_mean
+        self.normalize = normalize
         inputs = math.prod(task.input_shape)
         self.register_buffer(
             "feedback", random_matrix(task.num_classes, inputs, f_scale * math.sqrt(6 / inputs)))
@@ -68,6 +76,22 @@ class PEPITA(Rule):
         """Output positions a conv block's update is averaged over (1 for a dense block)."""
         return math.prod(block.out_shape[1:]) if self.conv_mean else 1
 
+    def passed(self, h: Tensor) -> Tensor:
+        """What the next block (and the head) reads: block output, RMS-normalised per
+        sample if ``normalize``."""
+        return rms_normalize(h) if self.normalize else h
+
+    def forward_features(self, x: Tensor) -> list[Tensor]:
+        """Every block's (unnormalised) output in a plain forward pass."""
+        outs, h = [], x
+        for block in self.network.blocks:
+            outs.append(block(h))
+            h = self.passed(outs[-1])
+        return outs
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.network.head(self.passed(self.forward_features(x)[-1]))
+
     def param_groups(self) -> list[ParamGroup]:
         return self.block_groups()
 
@@ -75,16 +99,16 @@ class PEPITA(Rule):
         n = count_valid(y)
         # Standard pass: activities and output error, no graph needed.
         with torch.no_grad():
-            clean = self.network.features(x)
-            e = torch.softmax(self.network.head(clean[-1]), -1) - one_hot(y, self.task.num_classes)
+            clean = self.forward_features(x)
+            e = torch.softmax(self.network.head(self.passed(clean[-1])), -1) - one_hot(y, self.task.num_classes)
             e[y == -100] = 0.0
         # Modulated pass: the error, projected by F, is added to the input.
         h = x + project(e, self.feedback, self.task.input_shape)
         out = []
-        for block, h_clean in zip(self.network.blocks, clean, strict=True):
-            h = block(h.detach())
+        for k, (block, h_clean) in enumerate(zip(self.network.blocks, clean, strict=True)):
+            h = block(h.detach() if k == 0 else self.passed(h.detach()))
             if block.trainable:
                 out.append(surrogate(h, h_clean - h, n) / self.positions(block))
         if any(p.requires_grad for p in self.network.head.parameters()):
-            out.append(surrogate(self.network.head(h.detach()), e, n))
+            out.append(surrogate(self.network.head(self.passed(h.detach())), e, n))
         return out
