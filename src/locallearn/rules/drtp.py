@@ -15,15 +15,27 @@ target: for one-hot targets, the sign of every entry of ``-e`` is the sign of
 (sign conventions follow the authors' code, where the hidden-layer gradient
 is ``onehot(y) B_k``; B_k is symmetric around zero, so the sign is a convention).
 
-Deviations from the paper: the signal enters each block at its output and runs
-through the block's own layers (for conv -> ReLU -> pool blocks: after the pool;
-the authors inject it before pooling). Adam replaces SGD. The paper's networks
-mostly use tanh; the default here is the network's own activation (ReLU for
-``mlp``/``cnn``), because the target is a fixed pattern per class, the
-surrogate is linear in h_k and ReLU units grow without bound along it. Option
-``normalize`` (default True) divides each block's output fed to the next block
-and to the head by its per-sample RMS, which keeps that growth from reaching the
-next block (a parameter-free, forward-only change).
+Faithful to the authors' code: the hidden-layer signal is taken after the
+activation; in a conv -> ReLU -> pool block it enters *before* the pooling
+(``pre_pool``, default True; False: after the pool).
+
+Deviations from the paper (each an option):
+- Activation. The paper's networks use tanh units; ``mlp``/``cnn`` use ReLU, and
+  along the linear surrogate a ReLU unit grows without bound. ``squash`` (default
+  True) applies tanh to the block's output, so units saturate as tanh units do.
+- ``normalize`` (default True): what the next block and the head read is divided
+  by its per-sample RMS (parameter-free, forward only), so a block's growth
+  does not change the next block's input scale.
+- ``conv_signal`` (default ``"max"``): the paper projects the target onto every
+  unit of a conv map (``"map"``), i.e. position-specific class codes for a
+  shift-equivariant layer; on mnist1d (random shifts) that gave 0.31-0.33. With
+  ``"max"`` the projection has one entry per channel and the signal reaches each
+  channel's strongest response over positions (``"mean"``: the mean over
+  positions): "this channel fires somewhere for these classes". Dense blocks are
+  unaffected. mnist1d cnn, seed 0, 20 epochs: map 0.31, mean 0.34, max 0.49,
+  max + normalize 0.63 (40 epochs: 0.73).
+- ``head_lr``: a separate learning rate for the head (default: the run's).
+- Adam replaces SGD (SGD momentum lr 0.1 / 0.02: 0.32 / 0.47 on mnist1d cnn).
 """
 
 from __future__ import annotations
@@ -57,8 +69,8 @@ class DRTP(BlockwiseRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, squash: bool = True,
-                 pre_pool: bool = True, normalize: bool = False,
-                 conv_signal: str = "map", head_lr: float | None = None) -> None:
+                 pre_pool: bool = True, normalize: bool = True,
+                 conv_signal: str = "max", head_lr: float | None = None) -> None:
         super().__init__(network, task)
         self.squash = squash
         self.normalize = normalize

@@ -19,7 +19,15 @@ Deviations from the paper: targets are set at each block's output (a block of
 the cnn is conv -> ReLU -> pool). The projected targets of a ReLU block are
 rectified (``max(t_k, 0)``), since a ReLU output cannot be negative and a
 negative target would only push the unit's pre-activation down without bound.
-Adam replaces plain SGD (same optimiser as the backprop baseline).
+Adam replaces plain SGD (same optimiser as the backprop baseline). Options:
+- ``conv_target`` (default ``"max"``): ``"map"`` gives every unit of a conv map
+  its own target (a position-specific class code, which a shift-equivariant
+  layer cannot produce on shifted inputs: mnist1d cnn 0.24); ``"max"`` gives one
+  target per channel, reached by the channel's strongest response over positions
+  (mnist1d cnn, seed 0, 20 epochs: 0.93). Dense blocks are unaffected.
+- ``normalize`` (default True): the next block and the head read the block's
+  output divided by its per-sample RMS (parameter-free, forward only); mnist1d
+  cnn with conv_target max: 0.93 -> 0.97; mnist5k mlp: 0.905 -> 0.909.
 """
 
 from __future__ import annotations
@@ -59,8 +67,8 @@ class TPSGD(BlockwiseRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, loss: str = "mse",
-                 target_scale: float = 1.0, conv_target: str = "map",
-                 normalize: bool = False) -> None:
+                 target_scale: float = 1.0, conv_target: str = "max",
+                 normalize: bool = True) -> None:
         super().__init__(network, task)
         if loss not in LOSSES:
             raise UserError(f"tpsgd loss must be one of {', '.join(LOSSES)}, got {loss!r}")
