@@ -118,6 +118,13 @@ class DRTP(BlockwiseRule):
             a = a.flatten(2).amax(2) if self.conv_signal == "max" else a.flatten(2).mean(2)
         return surrogate(a, delta, count_valid(y))
 
+    @property
+    def stageable(self) -> bool:
+        # Pipeline stages call block_loss on the pooled output: the same loss unless the
+        # signal is a per-unit map taken before pooling.
+        return (self.conv_signal != "map" or not self.pre_pool
+                or all(split_pool(b)[1] is None for b in self.network.blocks))
+
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))
 
