@@ -66,7 +66,9 @@ from locallearn.rules.base import BlockwiseRule, ParamGroup, cross_entropy
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
 class DRTP(BlockwiseRule):
     name = "drtp"
-    defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    # 40 epochs: mnist1d cnn (seed 0) 0.63 at 20, 0.73 at 40;
+    # mnist5k 0.906 / 0.916 / 0.909 at 20 / 40 / 60.
+    defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, squash: bool = True,
                  pre_pool: bool = True, normalize: bool = True,
