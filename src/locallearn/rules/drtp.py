@@ -127,6 +127,10 @@ class DRTP(BlockwiseRule):
         return (self.conv_signal != "map" or not self.pre_pool
                 or all(split_pool(b)[1] is None for b in self.network.blocks))
 
+    # The loop below detaches every block's input like BlockwiseRule's, so block k's
+    # graph can be freed before block k+1 runs (activation memory flat in depth).
+    streams_losses = True
+
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))
 
