@@ -24,6 +24,7 @@ demo: setup
 	$(PY) -m locallearn demo --out runs/demo --overwrite
 
 test: setup
+	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest
 
 test-slow: setup

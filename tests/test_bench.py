@@ -137,3 +137,13 @@ def test_dfa_streams_its_block_updates_once_the_error_exists():
     layer = 16 * 256 * 4
     assert dfa8["streams_losses"]
     assert dfa8["activation_peak_bytes"] < bp8["activation_peak_bytes"] + 2 * layer
+
+
+@pytest.mark.parametrize("rule", ["local", "lls", "ccl", "drtp", "tpsgd", "cafo", "sff"])
+def test_block_local_rules_keep_activation_memory_flat_in_depth(rule):
+    # A rule that overrides its loss loop must still hand its losses over block by block.
+    shallow, deep = _memory(rule, 2), _memory(rule, 8)
+    layer = 16 * 256 * 4  # one block's output at batch 16, width 256
+    assert deep["streams_losses"], rule
+    # Six more blocks add less than two blocks' outputs (backprop adds six).
+    assert deep["activation_peak_bytes"] - shallow["activation_peak_bytes"] < 2 * layer, rule

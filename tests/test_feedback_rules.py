@@ -56,7 +56,7 @@ LEARNING = [("dfa", "mlp:64,64", 10, 0.85), ("dfa", "cnn:8,16", 8, 0.75),
             ("fa", "mlp:64,64", 10, 0.85), ("fa", "cnn:8,16", 8, 0.7),
             ("drtp", "mlp:64,64", 10, 0.75), ("drtp", "cnn:8,16", 8, 0.35),
             ("tpsgd", "mlp:64,64", 10, 0.85), ("tpsgd", "cnn:8,16", 8, 0.35),
-            ("pepita", "mlp:64,64", 10, 0.8)]
+            ("pepita", "mlp:64,64", 10, 0.8), ("pepita", "cnn:8,16", 8, 0.7)]
 
 
 @pytest.mark.parametrize("name,net,epochs,floor", LEARNING)
@@ -156,3 +156,68 @@ def test_tpsgd_rejects_unknown_loss(digits):
     for loss in ("mse", "l1", "huber", "cosine"):
         assert_local(create_rule("tpsgd", net, digits.task, loss=loss),
                      digits.train.x[:32], digits.train.y[:32])
+
+
+# -- conv nets: targets per channel (drtp, tpsgd), pepita's conv update scaling ------------
+@pytest.fixture(scope="module")
+def mnist1d():
+    from locallearn.data import load_dataset
+
+    return load_dataset("mnist1d", seed=0)
+
+
+def _fit(rule, data, epochs: int) -> float:
+    cfg = TrainConfig(epochs=epochs, quiet=True, checkpoint=False, measure_memory=False,
+                      early_exit=False, **{k: v for k, v in type(rule).defaults.items()
+                                           if k in ("lr", "optimizer", "batch_size")})
+    return Trainer(cfg).fit(rule, data)["test_accuracy"]
+
+
+@pytest.mark.parametrize("name,options", [("drtp", {"conv_signal": "map"}),
+                                          ("drtp", {"conv_signal": "mean", "pre_pool": False}),
+                                          ("tpsgd", {"conv_target": "map"}),
+                                          ("pepita", {"normalize": False, "conv_mean": False})])
+def test_conv_options_stay_local(name, options, digits):
+    net = create_network("cnn:4,8", digits.input_shape, digits.num_classes)
+    assert_local(create_rule(name, net, digits.task, **options),
+                 digits.train.x[:32], digits.train.y[:32])
+
+
+def test_drtp_signal_enters_before_pooling_per_channel(digits):
+    net = create_network("cnn:4,8", digits.input_shape, digits.num_classes)
+    x, y = digits.train.x[:16], digits.train.y[:16]
+    rule = create_rule("drtp", net, digits.task, conv_signal="map")
+    assert rule.signal_shapes[0] == (4, 8, 8)  # conv map before its 2x2 pool
+    assert not rule.stageable
+    loss0 = rule.losses(x, y)[0]
+    with torch.no_grad():
+        a = torch.tanh(net.blocks[0].body[:-1](x))
+        delta = (F.one_hot(y, 10).float() @ rule.projection(0)).view(16, 4, 8, 8)
+    torch.testing.assert_close(loss0, (a * delta).sum() / 16)
+    rule = create_rule("drtp", net, digits.task)  # default: one entry per channel, on its max
+    assert rule.signal_shapes[0] == (4,) and rule.stageable
+    with torch.no_grad():
+        m = torch.tanh(net.blocks[0](x)).flatten(2).amax(2)
+        expected = (m * (F.one_hot(y, 10).float() @ rule.projection(0))).sum() / 16
+    torch.testing.assert_close(rule.losses(x, y)[0], expected)
+
+
+def test_tpsgd_channel_max_targets_learn_shifted_signals(mnist1d):
+    """On mnist1d (randomly shifted digits) per-channel targets on each channel's
+    strongest response learn where per-position targets cannot."""
+    accs = {}
+    for target in ("max", "map"):
+        torch.manual_seed(0)
+        net = create_network("cnn:16,32", mnist1d.input_shape, mnist1d.num_classes)
+        accs[target] = _fit(create_rule("tpsgd", net, mnist1d.task, conv_target=target),
+                            mnist1d, epochs=5)
+    assert accs["max"] > 0.45, accs  # chance 0.1
+    assert accs["max"] > accs["map"] + 0.15, accs
+
+
+def test_pepita_learns_conv_net(mnist1d):
+    torch.manual_seed(0)
+    net = create_network("cnn:16,32", mnist1d.input_shape, mnist1d.num_classes)
+    rule = create_rule("pepita", net, mnist1d.task)
+    assert rule.normalize  # auto: on for conv nets
+    assert _fit(rule, mnist1d, epochs=5) > 0.3  # chance 0.1

@@ -6,7 +6,7 @@ import torch
 from locallearn import create_network, create_rule, train
 from locallearn.errors import UserError
 from locallearn.rules.ff_common import LabelEmbedding, goodness, normalise, wrong_labels
-from locallearn.testing import assert_local
+from locallearn.testing import assert_local, gradient_reach
 
 
 def test_label_embedding_images_overwrite_first_pixels_vectors_append(digits):
@@ -66,3 +66,155 @@ def test_ff_learns_digits_with_goodness_and_readout():
     g = train(rule="ff", data="digits", net="mlp:64,64", epochs=10, quiet=True,
               checkpoint=False, rule_options={"predict": "goodness"}).summary
     assert g["test_accuracy"] > 0.8
+
+
+# -- cff, symba, sff, cafo ---------------------------------------------------------
+
+LOCAL_CASES = [
+    ("cff", "mlp:32,32,32", {}),
+    ("cff", "mlp:32,32,32", {"gamma": 0.5, "negatives": "random"}),
+    ("symba", "mlp:32,32,32", {}),
+    ("sff", "cnn:8,8,8", {}),
+    ("sff", "cnn:8,8,8", {"goodness": "position"}),
+    ("sff", "cnn:8,8,8", {"blocks_per_unit": 2}),
+    ("sff", "mlp:32,32", {}),
+    ("cafo", "mlp:32,32,32", {}),
+    ("cafo", "mlp:32,32,32", {"blocks": "local", "loss": "mse"}),
+    ("cafo", "cnn:8,8", {"blocks": "random"}),
+]
+
+
+@pytest.mark.parametrize("rule_name,net,options", LOCAL_CASES)
+def test_family_is_local(digits, rule_name, net, options):
+    network = create_network(net, digits.input_shape, digits.num_classes)
+    rule = create_rule(rule_name, network, digits.task, **options)
+    # Each block's loss (with its own readout / predictor / class map) reaches that block only.
+    assert_local(rule, digits.train.x[:64], digits.train.y[:64])
+
+
+def test_cff_couples_layers_so_it_neither_streams_nor_stages(digits):
+    from locallearn.parallel.stages import check_stageable
+
+    torch.manual_seed(0)
+    net = create_network("mlp:32,32", digits.input_shape, digits.num_classes)
+    cff = create_rule("cff", net, digits.task, negatives="random")
+    assert not cff.streams_losses
+    with pytest.raises(UserError, match="cannot be split into stages"):
+        check_stageable(cff)
+    # ff and symba stream (each layer's graph freed before the next), but are not staged:
+    # hard negatives and the readout need every layer.
+    symba = create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task)
+    assert symba.streams_losses
+    with pytest.raises(UserError, match="cannot be split into stages"):
+        check_stageable(symba)
+    # Layer 0's loss depends on layer 1's goodness (detached): scaling layer 1's weights
+    # changes loss 0 but gives layer 1 no gradient from it.
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    torch.manual_seed(1)
+    before = cff.losses(x, y)[0].item()
+    with torch.no_grad():
+        net.blocks[1].body[0].weight.mul_(3.0)
+    torch.manual_seed(1)
+    loss0 = cff.losses(x, y)[0]
+    assert abs(loss0.item() - before) > 1e-4
+    loss0.backward()
+    assert net.blocks[1].body[0].weight.grad is None
+    assert net.blocks[0].body[1].weight.grad.abs().sum() > 0  # body: Flatten, Linear, ReLU
+    with pytest.raises(UserError, match="gamma"):
+        create_rule("cff", net, digits.task, gamma=-1.0)
+
+
+def test_symba_loss_depends_on_the_gap_only(digits):
+    net = create_network("mlp:16", digits.input_shape, digits.num_classes)
+    rule = create_rule("symba", net, digits.task, alpha=4.0)
+    g_pos, g_neg = torch.tensor([3.0, 1.0]), torch.tensor([1.0, 1.0])
+    expected = torch.nn.functional.softplus(-4.0 * (g_pos - g_neg)).mean()
+    assert torch.allclose(rule.pair_loss(g_pos, g_neg), expected)
+    assert torch.allclose(rule.pair_loss(g_pos + 7.0, g_neg + 7.0), expected)  # no threshold
+    with pytest.raises(UserError, match="alpha"):
+        create_rule("symba", net, digits.task, alpha=0.0)
+
+
+def test_sff_hybrid_backprops_inside_a_unit_only(digits):
+    net = create_network("cnn:8,8,8", digits.input_shape, digits.num_classes)
+    rule = create_rule("sff", net, digits.task, blocks_per_unit=2)
+    assert [g.name for g in rule.param_groups()] == ["blocks0-1", "block2", "head"]
+    assert rule.streams_losses and not rule.stageable
+    reach = gradient_reach(rule, digits.train.x[:32], digits.train.y[:32])
+    assert reach[0] == [True, False, False]
+    # The unit's loss reaches both of its blocks (backprop inside the unit).
+    rule.zero_grad(set_to_none=True)
+    next(iter(rule.iter_losses(digits.train.x[:32], digits.train.y[:32]))).backward()
+    assert all(b.body[0].weight.grad.abs().sum() > 0 for b in net.blocks[:2])
+    assert net.blocks[2].body[0].weight.grad is None
+    with pytest.raises(UserError, match="blocks_per_unit"):
+        create_rule("sff", net, digits.task, blocks_per_unit=4)
+    with pytest.raises(UserError, match="goodness"):
+        create_rule("sff", net, digits.task, goodness="pixel")
+
+
+@pytest.mark.parametrize("rule_name,net,epochs,options,least", [
+    ("cff", "mlp:64,64", 8, {}, 0.85),
+    ("cff", "mlp:64,64", 8, {"predict": "readout"}, 0.8),
+    ("symba", "mlp:64,64", 8, {}, 0.85),
+    ("sff", "cnn:16,32", 6, {}, 0.85),
+    ("sff", "cnn:16,32", 6, {"blocks_per_unit": 2, "goodness": "position"}, 0.8),
+    ("cafo", "mlp:64,64", 8, {}, 0.85),
+    ("cafo", "mlp:64,64", 8, {"blocks": "random"}, 0.6),
+])
+def test_family_learns_digits(rule_name, net, epochs, options, least):
+    s = train(rule=rule_name, data="digits", net=net, epochs=epochs, quiet=True,
+              checkpoint=False, measure_memory=False, rule_options=options).summary
+    assert s["test_accuracy"] > least  # chance is 0.1
+    per_layer = s["per_layer_test_accuracy"]
+    assert len(per_layer) == len(net.split(":")[1].split(","))  # one per block
+    assert all(0.0 <= a <= 1.0 for a in per_layer)
+
+
+def test_all_labels_first_layer_shortcut_matches_one_pass_per_label(digits):
+    from locallearn.data.base import Task
+
+    cases = [(create_network("mlp:32,16", digits.input_shape, 10), digits.task,
+              digits.test.x[:50])]
+    task = Task(num_classes=3, input_shape=(5,), kind="vector")
+    cases.append((create_network("mlp:8,8", (5,), 3), task, torch.randn(7, 5)))
+    for net, t, x in cases:
+        rule = create_rule("ff", net, t)
+        with torch.no_grad():
+            fast = rule.label_goodness(x)
+            rule._first_layer_all_labels = lambda x: None  # force one pass per label
+            slow = rule.label_goodness(x)
+        for a, b in zip(fast, slow, strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_option_of_the_wrong_type_is_a_user_error(digits):
+    net = create_network("cnn:8,8", digits.input_shape, digits.num_classes)
+    with pytest.raises(UserError, match="blocks_per_unit must be an int"):
+        create_rule("sff", net, digits.task, blocks_per_unit="abc")
+    with pytest.raises(UserError, match="alpha must be a float"):
+        create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task,
+                    alpha="abc")
+    assert create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task,
+                       alpha=4).alpha == 4.0
+
+
+def test_streamed_ff_losses_equal_the_summed_ones(digits):
+    """ff hands its layer losses over one at a time; same values and gradients as a list."""
+    torch.manual_seed(0)
+    rule = create_rule("ff", create_network("mlp:32,32", digits.input_shape, 10), digits.task)
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    torch.manual_seed(5)
+    streamed = []
+    for loss in rule.iter_losses(x, y):
+        loss.backward()
+        streamed.append(loss.item())
+    grads = [p.grad.clone() for p in rule.parameters() if p.grad is not None]
+    rule.zero_grad(set_to_none=True)
+    torch.manual_seed(5)
+    listed = rule.losses(x, y)
+    torch.stack(listed).sum().backward()
+    assert streamed == pytest.approx([v.item() for v in listed])
+    for a, b in zip(grads, [p.grad for p in rule.parameters() if p.grad is not None],
+                    strict=True):
+        torch.testing.assert_close(a, b)

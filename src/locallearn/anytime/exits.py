@@ -21,7 +21,8 @@ early.
 
 :class:`Anytime` needs block-by-block readouts to save any compute. It finds them for
 the FF family (label goodness), for block-wise rules whose ``readouts()`` are the
-modules ``block_scores`` applies, and for rules whose ``block_scores`` maps
+modules ``block_scores`` applies, for block-wise rules with ``block_readout(k, h)``
+(the readout hook every such rule in the library has), and for rules whose ``block_scores`` maps
 ``network.features(x)`` block by block (then fed one block's output at a time), and
 checks them against ``Rule.block_scores`` on a probe batch; any other rule with
 readouts falls back to computing every block's scores at once (same answers, no
@@ -48,6 +49,11 @@ THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99
 TOLERANCE = 0.01
 
 
+def _has_block_readout(rule: Rule) -> bool:
+    return (isinstance(rule, BlockwiseRule)
+            and type(rule).block_readout is not BlockwiseRule.block_readout)
+
+
 def _goodness_rule(rule: Rule) -> bool:
     from locallearn.rules.ff_common import GoodnessRule
 
@@ -65,26 +71,30 @@ class Anytime:
         self.rule = rule
         self.num_blocks = len(rule.network.blocks)
         self.readout_modules: list[nn.Module] | None = None
-        self._fallback_features = False
         own = getattr(rule, "_anytime", None)  # set on pruned models (see prune.py)
         if own is not None:
             self.mode, self.readout_modules = own.mode, own.readout_modules
             self.confidence_kind = own.confidence_kind
             return
         self.confidence_kind = "goodness-margin" if _goodness_rule(rule) else "softmax"
+        modules = None
         if _goodness_rule(rule):
-            self.mode = "goodness"
+            candidates = ["goodness"]
         else:
             modules = self._find_readouts(rule)
-            if modules is not None:
-                self.mode, self.readout_modules = "readout", modules
-            else:
-                self.mode = "features"
-        if probe is not None:
-            self._check(probe)
-            if self.mode == "full" and self._fallback_features:
-                self.mode = "features"
-                self._check(probe)
+            candidates = ["readout"] if modules is not None else []
+            if _has_block_readout(rule):
+                candidates.append("block-readout")
+            candidates.append("features")
+        # The first block-by-block path that reproduces block_scores on the probe wins;
+        # without a probe the first is trusted. None matching: every block at once.
+        for mode in candidates:
+            self.mode = mode
+            self.readout_modules = modules if mode == "readout" else None
+            if probe is None or self._check(probe):
+                break
+        else:
+            self.mode, self.readout_modules = "full", None
 
     @staticmethod
     def _find_readouts(rule: Rule) -> list[nn.Module] | None:
@@ -106,7 +116,8 @@ class Anytime:
         return modules
 
     @torch.no_grad()
-    def _check(self, probe: Tensor) -> None:
+    def _check(self, probe: Tensor) -> bool:
+        """Whether the current mode's block-by-block scores equal ``block_scores``."""
         was = self.rule.training
         self.rule.eval()
         try:
@@ -115,22 +126,16 @@ class Anytime:
                 raise UserError(f"rule {self.rule.name!r} has no per-block readouts; early exit, "
                                 f"truncation and growing need a rule with readouts "
                                 f"(e.g. mono-forward, ff)")
-            if self.mode == "full":
-                return
             try:
                 mine = self.all_scores(probe)
                 if self.mode == "goodness":
                     # Mean goodness over blocks 0..k: only block 0 is the layer's own.
                     mine, reference = mine[:1], reference[:1]
-                same = len(mine) == len(reference) and all(
+                return len(mine) == len(reference) and all(
                     a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
                     for a, b in zip(mine, reference, strict=False))
-            except Exception:  # any failure of a guessed path: fall back, never crash a run
-                same = False  # readouts() were not what block_scores applies
-            if not same:
-                # A readout-module guess that failed still leaves the features path.
-                self._fallback_features = self.mode == "readout"
-                self.mode, self.readout_modules = "full", None
+            except Exception:  # any failure of a guessed path: try the next, never crash a run
+                return False
         finally:
             self.rule.train(was)
 
@@ -148,7 +153,7 @@ class Anytime:
             labels = torch.arange(c, device=x.device).repeat_interleave(n)
             h = rule.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)
             return h, h.new_zeros(h.shape[0])  # rows, goodness summed over blocks so far
-        if self.mode == "readout":
+        if self.mode in ("readout", "block-readout"):
             return rule.prepare(x, None)
         if self.mode == "features":
             return x
@@ -179,6 +184,8 @@ class Anytime:
             return (state[1] / (k + 1)).view(c, -1).t()
         if self.mode == "readout":
             return self.readout_modules[k](state)
+        if self.mode == "block-readout":
+            return self.rule.block_readout(k, state)
         if self.mode == "features":
             return self._scores_from_features(k, state)
         return state[k]
@@ -206,7 +213,7 @@ class Anytime:
             h, total = state
             rows = h.view(c, -1, *h.shape[1:])[:, keep].reshape(-1, *h.shape[1:])
             return rows, total.view(c, -1)[:, keep].reshape(-1)
-        if self.mode in ("readout", "features"):
+        if self.mode in ("readout", "block-readout", "features"):
             return state[keep]
         return [s[keep] for s in state]
 

@@ -45,3 +45,32 @@ def surrogate(h: Tensor, delta: Tensor, n: int) -> Tensor:
     """Scalar whose gradient w.r.t. ``h`` is ``delta / n``: the loss form of an
     update rule "move ``h`` against ``delta``" averaged over ``n`` samples."""
     return (h * delta.detach()).sum() / n
+
+
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d)
+
+
+def split_pool(block: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """``(body before the pooling, pooling)`` for a block whose body is a Sequential
+    ending in a pooling layer (the cnn's conv -> ReLU -> pool); else ``(block, None)``.
+
+    Lets a rule inject its signal at the activation before pooling, as the DRTP
+    and PEPITA authors' conv code does, while the block's output stays pooled."""
+    body = getattr(block, "body", None)
+    if isinstance(body, nn.Sequential) and len(body) > 1 and isinstance(body[-1], _POOLS):
+        return body[:-1], body[-1]
+    return block, None
+
+
+@torch.no_grad()
+def pre_pool_shape(block: nn.Module) -> tuple[int, ...]:
+    """Shape (without batch) of ``block``'s activity before its final pooling."""
+    pre, pool = split_pool(block)
+    if pool is None:
+        return tuple(block.out_shape)
+    return tuple(pre(torch.zeros(1, *block.in_shape)).shape[1:])
+
+
+def rms_normalize(h: Tensor, eps: float = 1e-6) -> Tensor:
+    """``h`` divided by its per-sample root mean square (parameter-free, forward only)."""
+    return h / h.flatten(1).pow(2).mean(1).add(eps).sqrt().view(-1, *[1] * (h.dim() - 1))

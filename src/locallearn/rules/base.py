@@ -222,6 +222,19 @@ class BlockwiseRule(Rule):
         # a subclass that overrides losses() (e.g. to couple layers) keeps one backward.
         return type(self).losses is BlockwiseRule.losses
 
+    def block_readout(self, k: int, h: Tensor) -> Tensor | None:
+        """Class scores of block k from its output ``h`` (as :meth:`features` gives it).
+
+        Rules with a readout at every block override this; :meth:`block_scores` and
+        early exit (:mod:`locallearn.anytime`, which stops after block k) are built on it.
+        """
+        return None
+
+    def block_scores(self, x: Tensor) -> list[Tensor] | None:
+        if type(self).block_readout is BlockwiseRule.block_readout:
+            return None
+        return [self.block_readout(k, h) for k, h in enumerate(self.features(x))]
+
     def features(self, x: Tensor) -> list[Tensor]:
         """Every block's output at inference (no labels)."""
         h = self.prepare(x, None)

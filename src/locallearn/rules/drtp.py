@@ -15,40 +15,79 @@ target: for one-hot targets, the sign of every entry of ``-e`` is the sign of
 (sign conventions follow the authors' code, where the hidden-layer gradient
 is ``onehot(y) B_k``; B_k is symmetric around zero, so the sign is a convention).
 
-Deviations from the paper: the signal enters each block at its output and runs
-through the block's own layers (for conv -> ReLU -> pool blocks: after the pool;
-the authors inject it before pooling). Adam replaces SGD. The paper's networks
-mostly use tanh; the default here is the network's own activation (ReLU for
-``mlp``/``cnn``), because the target is a fixed pattern per class, the
-surrogate is linear in h_k and ReLU units grow without bound along it. Option
-``normalize`` (default True) divides each block's output fed to the next block
-and to the head by its per-sample RMS, which keeps that growth from reaching the
-next block (a parameter-free, forward-only change).
+Faithful to the authors' code: the hidden-layer signal is taken after the
+activation; in a conv -> ReLU -> pool block it enters *before* the pooling
+(``pre_pool``, default True; False: after the pool).
+
+Deviations from the paper (each an option):
+- Activation. The paper's networks use tanh units; ``mlp``/``cnn`` use ReLU, and
+  along the linear surrogate a ReLU unit grows without bound. ``squash`` (default
+  True) applies tanh to the block's output, so units saturate as tanh units do.
+- ``normalize`` (default True): what the next block and the head read is divided
+  by its per-sample RMS (parameter-free, forward only), so a block's growth
+  does not change the next block's input scale.
+- ``conv_signal`` (default ``"max"``): the paper projects the target onto every
+  unit of a conv map (``"map"``), i.e. position-specific class codes for a
+  shift-equivariant layer; on mnist1d (random shifts) that gave 0.31-0.33. With
+  ``"max"`` the projection has one entry per channel and the signal reaches each
+  channel's strongest response over positions (``"mean"``: the mean over
+  positions): "this channel fires somewhere for these classes". Dense blocks are
+  unaffected. mnist1d cnn, seed 0, 20 epochs: map 0.31, mean 0.34, max 0.49,
+  max + normalize 0.63 (40 epochs: 0.73).
+- ``head_lr``: a separate learning rate for the head (default: the run's).
+- Adam replaces SGD (SGD momentum lr 0.1 / 0.02: 0.32 / 0.47 on mnist1d cnn).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
+from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
-from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules._feedback import (
+    count_valid,
+    one_hot,
+    pre_pool_shape,
+    project,
+    random_matrix,
+    rms_normalize,
+    split_pool,
+    surrogate,
+)
+from locallearn.rules.base import BlockwiseRule, ParamGroup, cross_entropy
 
 
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
 class DRTP(BlockwiseRule):
     name = "drtp"
-    defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+    # 40 epochs: mnist1d cnn (seed 0) 0.63 at 20, 0.73 at 40;
+    # mnist5k 0.906 / 0.916 / 0.909 at 20 / 40 / 60.
+    defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
-    def __init__(self, network: Network, task: Task, squash: bool = True) -> None:
+    def __init__(self, network: Network, task: Task, squash: bool = True,
+                 pre_pool: bool = True, normalize: bool = True,
+                 conv_signal: str = "max", head_lr: float | None = None) -> None:
         super().__init__(network, task)
         self.squash = squash
-        for k, block in enumerate(network.blocks):
+        self.normalize = normalize
+        self.pre_pool = pre_pool
+        if conv_signal not in ("map", "max", "mean"):
+            raise UserError(f"drtp conv_signal must be map, max or mean, got {conv_signal!r}")
+        self.conv_signal = conv_signal
+        self.head_lr = head_lr
+        self.signal_shapes = [pre_pool_shape(b) if pre_pool else tuple(b.out_shape)
+                              for b in network.blocks]
+        if conv_signal != "map":  # one entry per channel of a conv map
+            self.signal_shapes = [s[:1] for s in self.signal_shapes]
+        for k, shape in enumerate(self.signal_shapes):
             self.register_buffer(f"projection{k}", random_matrix(task.num_classes,
-                                                                 block.out_features))
+                                                                 math.prod(shape)))
 
     def projection(self, k: int) -> Tensor:
         """B_k, fixed: maps the one-hot target to block k's output."""
@@ -58,20 +97,60 @@ class DRTP(BlockwiseRule):
         """What block k passes on: its output, squashed into [-1, 1] if ``squash``."""
         return torch.tanh(h) if self.squash else h
 
+    def param_groups(self) -> list[ParamGroup]:
+        groups = super().param_groups()
+        if self.head_lr is not None:
+            groups[-1].options["lr"] = self.head_lr
+        return groups
+
+    def passed(self, h: Tensor) -> Tensor:
+        """What the next block and the head read: the activity, RMS-normalised per
+        sample if ``normalize``."""
+        h = self.activity(h.detach())
+        return rms_normalize(h) if self.normalize else h
+
     def block_input(self, k: int, h: Tensor) -> Tensor:
-        h = h.detach()
-        return self.activity(h) if k > 0 else h
+        return self.passed(h) if k > 0 else h.detach()
 
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
-        block = self.network.blocks[k]
-        delta = project(one_hot(y, self.task.num_classes), self.projection(k), block.out_shape)
-        return surrogate(self.activity(out), delta, count_valid(y))
+        delta = project(one_hot(y, self.task.num_classes), self.projection(k),
+                        self.signal_shapes[k])
+        a = self.activity(out)
+        if self.conv_signal != "map" and a.dim() > 2:
+            a = a.flatten(2).amax(2) if self.conv_signal == "max" else a.flatten(2).mean(2)
+        return surrogate(a, delta, count_valid(y))
+
+    @property
+    def stageable(self) -> bool:
+        # Pipeline stages call block_loss on the pooled output: the same loss unless the
+        # signal is a per-unit map taken before pooling.
+        return (self.conv_signal != "map" or not self.pre_pool
+                or all(split_pool(b)[1] is None for b in self.network.blocks))
+
+    # The loop below detaches every block's input like BlockwiseRule's, so block k's
+    # graph can be freed before block k+1 runs (activation memory flat in depth).
+    streams_losses = True
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        return list(self.iter_losses(x, y))
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        # As BlockwiseRule's loop, but a conv block's signal enters before its pooling.
+        h = x
+        for k, block in enumerate(self.network.blocks):
+            pre, pool = split_pool(block) if self.pre_pool else (block, None)
+            a = pre(self.block_input(k, h))
+            h = a if pool is None else pool(a)
+            if block.trainable:
+                yield self.block_loss(k, a, y)
+        if any(p.requires_grad for p in self.network.head.parameters()):
+            yield self.head_loss(h, y)
 
     def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy(self.network.head(self.activity(h.detach())), y)
+        return cross_entropy(self.network.head(self.passed(h)), y)
 
     def predict(self, x: Tensor) -> Tensor:
         h = x
         for k, block in enumerate(self.network.blocks):
             h = block(self.block_input(k, h))
-        return self.network.head(self.activity(h))
+        return self.network.head(self.passed(h))

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,6 +29,20 @@ from locallearn.rules.base import BlockwiseRule, cross_entropy
 GOODNESS = ("mean", "sum")
 NEGATIVES = ("random", "hardest", "readout")
 PREDICT = ("goodness", "readout")
+# Modules that act on each unit alone (block 0's shortcut for all labels needs these).
+ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
+
+
+def check_option(rule: str, key: str, value: Any, kind: type) -> Any:
+    """``value`` as an int, float or bool, else a one-line error (``--set rule.x=abc``)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = {int: number and float(value).is_integer(), float: number,
+          bool: isinstance(value, bool)}[kind]
+    if not ok:
+        article = "an" if kind is int else "a"
+        raise UserError(f"rule {rule!r} option {key} must be {article} {kind.__name__}, "
+                        f"got {value!r}")
+    return kind(value)
 
 
 def goodness(h: Tensor, kind: str = "mean") -> Tensor:
@@ -76,6 +91,10 @@ class LabelEmbedding(nn.Module):
         elif size < task.num_classes:
             raise UserError(f"inputs of {size} values cannot hold a one-hot label over "
                             f"{task.num_classes} classes; use an input with more values")
+
+    def label_column(self, label: int, in_features: int) -> int:
+        """Index of ``label``'s entry in the flattened embedded input of ``in_features``."""
+        return in_features - self.num_classes + label if self.append else label
 
     def forward(self, x: Tensor, y: Tensor | None) -> Tensor:
         n, c = x.shape[0], self.num_classes
@@ -143,6 +162,9 @@ class GoodnessRule(BlockwiseRule):
             if value not in allowed:
                 raise UserError(f"rule {self.name!r} option {option} must be one of "
                                 f"{', '.join(allowed)}; got {value!r}")
+        threshold = check_option(self.name, "threshold", threshold, float)
+        label_scale = check_option(self.name, "label_scale", label_scale, float)
+        skip_first = check_option(self.name, "skip_first", skip_first, bool)
         self.threshold = threshold
         self.goodness_kind = goodness
         self.negatives = negatives
@@ -187,17 +209,47 @@ class GoodnessRule(BlockwiseRule):
         g_pos, g_neg = self.layer_goodness(k, out).chunk(2)
         return self.pair_loss(g_pos, g_neg)
 
-    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+    # Hard negatives are picked by every layer's goodness (or the all-layer readout), and
+    # the readout spans every layer: a pipeline stage could not compute either alone.
+    stageable = False
+
+    @property
+    def streams_losses(self) -> bool:
+        # Layers that learn from their own goodness only (ff, symba) hand their losses
+        # over one at a time, so layer k's graph is freed before layer k+1 runs; a rule
+        # that couples layers in layer_losses (cff) keeps one backward.
+        return type(self).layer_losses is GoodnessRule.layer_losses
+
+    def _negatives(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
+        """The neutral-label activities (for the readout) and a wrong label per sample."""
         with torch.no_grad():
             acts = self.normalised_features(x)
-            readout_scores = self.readout(acts)
             if self.negatives == "random":
                 y_neg = wrong_labels(y, self.task.num_classes)
             elif self.negatives == "readout":
-                y_neg = wrong_labels(y, self.task.num_classes, readout_scores)
+                y_neg = wrong_labels(y, self.task.num_classes, self.readout(acts))
             else:
                 y_neg = wrong_labels(y, self.task.num_classes,
                                      self.accumulate(self.label_goodness(x)))
+        return acts, y_neg
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        if not self.streams_losses:
+            yield from self.losses(x, y)
+            return
+        acts, y_neg = self._negatives(x, y)
+        h = self.prepare(x, y, y_neg)
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+            if block.trainable:
+                yield self.block_loss(k, h, y)
+        # The readout learns on detached activities of the neutral-label pass.
+        yield cross_entropy(self.readout(acts), y)
+
+    def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
+        if self.streams_losses:
+            return list(self.iter_losses(x, y))
+        acts, y_neg = self._negatives(x, y)
         h = self.prepare(x, y, y_neg)
         g_pos, g_neg = [], []
         for k, block in enumerate(self.network.blocks):
@@ -231,13 +283,48 @@ class GoodnessRule(BlockwiseRule):
         All labels go through the network as one batch of ``classes * batch`` rows.
         """
         n, c = x.shape[0], self.task.num_classes
-        labels = torch.arange(c, device=x.device).repeat_interleave(n)
-        h = self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)
-        scores = []
-        for k, block in enumerate(self.network.blocks):
+        h = self._first_layer_all_labels(x)
+        if h is None:  # general block 0: one pass per label
+            labels = torch.arange(c, device=x.device).repeat_interleave(n)
+            h = self.network.blocks[0](self.block_input(
+                0, self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)))
+        scores = [self.layer_goodness(0, h).view(c, n).t()]
+        for k, block in enumerate(self.network.blocks[1:], start=1):
             h = block(self.block_input(k, h))
             scores.append(self.layer_goodness(k, h).view(c, n).t())
         return scores
+
+    def _first_layer_all_labels(self, x: Tensor) -> Tensor | None:
+        """Block 0's output for every label, rows label-major, with one matmul instead of c.
+
+        When block 0 is (Flatten,) Linear, then elementwise activations, the label only
+        changes ``label_scale`` in one input column, and the normalised input's length is
+        the same for every label (a one-hot of fixed scale), so
+            W normalise(x + s e_j) + b = W normalise(x + s e_0) + b + (s / r) (W_j - W_0)
+        with r the input's root mean square. Exact; None when block 0 has another form.
+        """
+        body = self.network.blocks[0].body
+        if not isinstance(body, nn.Sequential):
+            return None
+        mods = list(body)
+        i = 0
+        while i < len(mods) and isinstance(mods[i], nn.Flatten):
+            i += 1
+        if i == len(mods) or not isinstance(mods[i], nn.Linear) or not all(
+                isinstance(m, ELEMENTWISE) for m in mods[i + 1:]):
+            return None
+        linear, n, c = mods[i], x.shape[0], self.task.num_classes
+        xe = self.embed(x, torch.zeros(n, dtype=torch.long, device=x.device)).flatten(1)
+        r = xe.square().mean(1, keepdim=True).add(1e-8).sqrt()  # as in normalise()
+        base = linear(xe / r)                                    # (n, out), label 0
+        first = self.embed.label_column(0, linear.in_features)
+        w = linear.weight[:, first:first + c]                    # (out, c)
+        shift = (w - w[:, :1]).t()                               # (c, out)
+        pre = base.unsqueeze(0) + (self.embed.scale / r).unsqueeze(0) * shift.unsqueeze(1)
+        h = pre.reshape(c * n, -1)
+        for m in mods[i + 1:]:
+            h = m(h)
+        return h
 
     def accumulate(self, per_layer: list[Tensor]) -> Tensor:
         """Goodness summed over the layers used for prediction."""

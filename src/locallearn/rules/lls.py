@@ -152,5 +152,5 @@ class LLS(BlockwiseRule):
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.scores(k, out), y)
 
-    def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.scores(k, h) for k, h in enumerate(self.features(x))]
+    def block_readout(self, k: int, h: Tensor) -> Tensor:
+        return self.scores(k, h)

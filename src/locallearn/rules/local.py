@@ -150,5 +150,5 @@ class LocalLearning(BlockwiseRule):
         return (1 - self.beta) * pred + self.beta * self.sim_loss(k, out, y)
 
     # -- inference ------------------------------------------------------------
-    def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.aux[k](h) for k, h in enumerate(self.network.features(x))]
+    def block_readout(self, k: int, h: Tensor) -> Tensor:
+        return self.aux[k](h)

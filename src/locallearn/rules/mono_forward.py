@@ -53,8 +53,8 @@ class MonoForward(BlockwiseRule):
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.project(k, out), y)
 
-    def block_scores(self, x: Tensor) -> list[Tensor]:
-        return [self.project(k, a) for k, a in enumerate(self.network.features(x))]
+    def block_readout(self, k: int, h: Tensor) -> Tensor:
+        return self.project(k, h)
 
     def on_validation(self, result: dict) -> None:
         per_block = result.get("per_block_accuracy")

@@ -19,11 +19,20 @@ Deviations from the paper: targets are set at each block's output (a block of
 the cnn is conv -> ReLU -> pool). The projected targets of a ReLU block are
 rectified (``max(t_k, 0)``), since a ReLU output cannot be negative and a
 negative target would only push the unit's pre-activation down without bound.
-Adam replaces plain SGD (same optimiser as the backprop baseline).
+Adam replaces plain SGD (same optimiser as the backprop baseline). Options:
+- ``conv_target`` (default ``"max"``): ``"map"`` gives every unit of a conv map
+  its own target (a position-specific class code, which a shift-equivariant
+  layer cannot produce on shifted inputs: mnist1d cnn 0.24); ``"max"`` gives one
+  target per channel, reached by the channel's strongest response over positions
+  (mnist1d cnn, seed 0, 20 epochs: 0.93). Dense blocks are unaffected.
+- ``normalize`` (default True): the next block and the head read the block's
+  output divided by its per-sample RMS (parameter-free, forward only); mnist1d
+  cnn with conv_target max: 0.93 -> 0.97; mnist5k mlp: 0.905 -> 0.909.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -34,8 +43,8 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._feedback import one_hot, project, random_matrix
-from locallearn.rules.base import BlockwiseRule
+from locallearn.rules._feedback import one_hot, project, random_matrix, rms_normalize
+from locallearn.rules.base import BlockwiseRule, cross_entropy
 
 
 def _cosine(h: Tensor, t: Tensor) -> Tensor:
@@ -58,17 +67,25 @@ class TPSGD(BlockwiseRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     def __init__(self, network: Network, task: Task, loss: str = "mse",
-                 target_scale: float = 1.0) -> None:
+                 target_scale: float = 1.0, conv_target: str = "max",
+                 normalize: bool = True) -> None:
         super().__init__(network, task)
         if loss not in LOSSES:
             raise UserError(f"tpsgd loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if not target_scale > 0:
             raise UserError(f"tpsgd target_scale must be positive, got {target_scale}")
+        if conv_target not in ("map", "max"):
+            raise UserError(f"tpsgd conv_target must be map or max, got {conv_target!r}")
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
-        for k, block in enumerate(network.blocks):
+        self.conv_target = conv_target
+        self.normalize = normalize
+        # A conv map's target: one entry per unit ("map") or per channel ("max").
+        self.target_shapes = [b.out_shape[:1] if conv_target == "max" else b.out_shape
+                              for b in network.blocks]
+        for k, shape in enumerate(self.target_shapes):
             # Entries of order target_scale: a unit-scale code per class.
-            p = random_matrix(task.num_classes, block.out_features, bound=target_scale * 3**0.5)
+            p = random_matrix(task.num_classes, math.prod(shape), bound=target_scale * 3**0.5)
             self.register_buffer(f"projection{k}", p)
 
     def projection(self, k: int) -> Tensor:
@@ -76,8 +93,7 @@ class TPSGD(BlockwiseRule):
         return getattr(self, f"projection{k}")
 
     def target(self, k: int, y: Tensor) -> Tensor:
-        block = self.network.blocks[k]
-        t = project(one_hot(y, self.task.num_classes), self.projection(k), block.out_shape)
+        t = project(one_hot(y, self.task.num_classes), self.projection(k), self.target_shapes[k])
         return t.clamp_min(0) if self._rectified(k) else t
 
     def _rectified(self, k: int) -> bool:
@@ -87,4 +103,19 @@ class TPSGD(BlockwiseRule):
 
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
         valid = y != -100
+        if self.conv_target == "max" and out.dim() > 2:
+            out = out.flatten(2).amax(2)  # each channel's strongest response
         return self.loss_fn(out[valid], self.target(k, y)[valid].detach())
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        h = h.detach()
+        return rms_normalize(h) if self.normalize and k > 0 else h
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(self.block_input(1, h)), y)
+
+    def predict(self, x: Tensor) -> Tensor:
+        h = x
+        for k, block in enumerate(self.network.blocks):
+            h = block(self.block_input(k, h))
+        return self.network.head(self.block_input(1, h))
