@@ -51,7 +51,10 @@ def goodness(h: Tensor, kind: str = "mean") -> Tensor:
     return sq.mean(1) if kind == "mean" else sq.sum(1)
 
 
-def normalise(h: Tensor, eps: float = 1e-8) -> Tensor:
+NORM_EPS = 1e-8
+
+
+def normalise(h: Tensor, eps: float = NORM_EPS) -> Tensor:
     """Divide each sample by its root mean square: only the direction passes on."""
     flat = h.flatten(1)
     rms = flat.square().mean(1, keepdim=True).add(eps).sqrt()
@@ -288,10 +291,21 @@ class GoodnessRule(BlockwiseRule):
             labels = torch.arange(c, device=x.device).repeat_interleave(n)
             h = self.network.blocks[0](self.block_input(
                 0, self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)))
-        scores = [self.layer_goodness(0, h).view(c, n).t()]
+        # Mean goodness is the mean square that RMS normalisation divides by: compute it
+        # once per layer (this pass runs on classes x batch rows, so it is worth it).
+        shared = (self.goodness_kind == "mean"
+                  and type(self).block_input is GoodnessRule.block_input
+                  and type(self).layer_goodness is GoodnessRule.layer_goodness)
+        g = self.layer_goodness(0, h)
+        scores = [g.view(c, n).t()]
         for k, block in enumerate(self.network.blocks[1:], start=1):
-            h = block(self.block_input(k, h))
-            scores.append(self.layer_goodness(k, h).view(c, n).t())
+            if shared:
+                inp = (h.flatten(1) / g.add(NORM_EPS).sqrt().unsqueeze(1)).view_as(h)
+            else:
+                inp = self.block_input(k, h)
+            h = block(inp.detach())
+            g = self.layer_goodness(k, h)
+            scores.append(g.view(c, n).t())
         return scores
 
     def _first_layer_all_labels(self, x: Tensor) -> Tensor | None:
