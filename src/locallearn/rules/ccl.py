@@ -52,8 +52,7 @@ from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.base import BlockwiseRule, cross_entropy
-from locallearn.rules.lls import rms_normalise
+from locallearn.rules.lls import RMSHandOffRule
 
 
 class FeedbackLayer(nn.Module):
@@ -79,7 +78,7 @@ class FeedbackLayer(nn.Module):
 
 
 @RULES.register("ccl", help="Counter-Current Learning: feedback net on targets, paired per layer")
-class CCL(BlockwiseRule):
+class CCL(RMSHandOffRule):
     name = "ccl"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     # The feedback chain above block k is read (without gradient) by block k's loss,
@@ -106,18 +105,6 @@ class CCL(BlockwiseRule):
         if self.normalize == "auto":  # as in the authors' code: cosine for conv maps only
             return len(self.network.blocks[k].out_shape) >= 2
         return bool(self.normalize)
-
-    def passed_on(self, h: Tensor) -> Tensor:
-        return rms_normalise(h) if self.rms_norm else h
-
-    def block_input(self, k: int, h: Tensor) -> Tensor:
-        return self.passed_on(h.detach()) if k > 0 else h.detach()
-
-    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.network.head(self.passed_on(self.features(x)[-1]))
 
     def readouts(self) -> dict[int, list[nn.Module]]:
         return {k: [g] for k, g in enumerate(self.feedback)}

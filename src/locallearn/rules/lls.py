@@ -66,6 +66,26 @@ def rms_normalise(h: Tensor, eps: float = 1e-6) -> Tensor:
     return h / (h.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (h.dim() - 1)) + eps)
 
 
+class RMSHandOffRule(BlockwiseRule):
+    """A block-wise rule whose blocks hand on their output divided by its per-sample RMS
+    (when ``rms_norm``): the next block, the head and prediction all read that. For
+    losses that ignore activity scale (lls, ccl), so the scale would otherwise drift."""
+
+    rms_norm: bool = True
+
+    def passed_on(self, h: Tensor) -> Tensor:
+        return rms_normalise(h) if self.rms_norm else h
+
+    def block_input(self, k: int, h: Tensor) -> Tensor:
+        return self.passed_on(h.detach()) if k > 0 else h.detach()
+
+    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
+        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.network.head(self.passed_on(self.features(x)[-1]))
+
+
 class Modulation(nn.Module):
     """The learned part of LLS-M (a gain per class) or LLS-MxM (a class-mixing matrix)."""
 
@@ -79,7 +99,7 @@ class Modulation(nn.Module):
 
 
 @RULES.register("lls", help="LLS: fixed periodic basis per layer (variant=lls|m|mxm)")
-class LLS(BlockwiseRule):
+class LLS(RMSHandOffRule):
     name = "lls"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
@@ -129,20 +149,6 @@ class LLS(BlockwiseRule):
         """Block k's class scores: synchrony of its activity with each class's basis vector."""
         s = self.latent(h) @ self.basis(k).t() / self.temperature
         return self.modulation[k](s)
-
-    def passed_on(self, h: Tensor) -> Tensor:
-        """What a block hands to the next block and the head: its output divided by its
-        per-sample RMS if ``rms_norm`` (the LLS loss ignores scale, so the scale drifts)."""
-        return rms_normalise(h) if self.rms_norm else h
-
-    def block_input(self, k: int, h: Tensor) -> Tensor:
-        return self.passed_on(h.detach()) if k > 0 else h.detach()
-
-    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.network.head(self.passed_on(self.features(x)[-1]))
 
     def readouts(self) -> dict[int, list[nn.Module]]:
         if self.variant == "lls":
