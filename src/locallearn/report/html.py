@@ -190,10 +190,19 @@ def efficiency_table(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def status_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Failed cells one a row; skipped cells one row per rule (a rule that does not take
+    the suite's data is skipped in every cell, which would otherwise bury the errors)."""
     table = [["status", "cell", "reason"]]
+    skipped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("status") in ("skipped", "error"):
-            table.append([r["status"], str(r.get("key")), str(r.get("reason", ""))[:300]])
+        if r.get("status") == "error":
+            table.append(["error", str(r.get("key")), str(r.get("reason", ""))[:300]])
+        elif r.get("status") == "skipped":
+            skipped[str(r.get("rule", r.get("key")))].append(r)
+    for rule, group in sorted(skipped.items()):
+        reasons = sorted({str(r.get("reason", "")) for r in group})
+        cells = f"{rule}: {len(group)} cell{'s' if len(group) != 1 else ''}"
+        table.append(["skipped", cells, "; ".join(reasons)[:300]])
     return table if len(table) > 1 else []
 
 
