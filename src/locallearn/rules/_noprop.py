@@ -217,6 +217,15 @@ class NoPropRule(Rule):
         w = self.embedding.weight
         return logits.softmax(-1) @ (w.detach() if detach_embedding else w)
 
+    def denoise_step(self, z: Tensor, logits: Tensor, abar_r: Tensor, abar_s: Tensor) -> Tensor:
+        """One inference step from noise level r to s: the posterior mean of z_s given z_r
+        and the block's clean prediction (plus eq. 3's noise if ``inference_noise``)."""
+        a, b, c = posterior(abar_r, abar_s)
+        z = a * self.clean_prediction(logits) + b * z
+        if self.inference_noise:
+            z = z + c.sqrt() * self.noise(z.shape, z)
+        return z
+
     def noise(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
         """Inference noise from a private generator: predict(x) is deterministic, and
         evaluation does not move the global random stream that training draws from."""

@@ -57,7 +57,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._noprop import NoPropRule, posterior
+from locallearn.rules._noprop import NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
 
 ABAR_MIN, ABAR_MAX = 1e-3, 0.99
@@ -158,10 +158,7 @@ class NoPropCT(NoPropRule):
         for i in range(n):
             t = times[i].expand(x.shape[0])
             logits = self.denoiser(x, z, t, feats=feats)
-            a, b, c = posterior(abar[i], abar[i + 1])
-            z = a * self.clean_prediction(logits) + b * z
-            if self.inference_noise:
-                z = z + c.sqrt() * self.noise(z.shape, z)
+            z = self.denoise_step(z, logits, abar[i], abar[i + 1])
             scores.append(logits)
         scores.append(self.classifier(z))
         return scores

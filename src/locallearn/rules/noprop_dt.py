@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._noprop import NoPropRule, posterior
+from locallearn.rules._noprop import NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
 
 ABAR_MIN, ABAR_MAX = 1e-3, 0.99
@@ -148,10 +148,7 @@ class NoPropDT(NoPropRule):
         levels = self.levels()
         for r, s in zip(levels[:-1], levels[1:], strict=True):
             logits = self.blocks[r](x, z)
-            a, b, c = posterior(self.abar[r], self.abar[s])
-            z = a * self.clean_prediction(logits) + b * z
-            if self.inference_noise:
-                z = z + c.sqrt() * self.noise(z.shape, z)
+            z = self.denoise_step(z, logits, self.abar[r], self.abar[s])
             scores.append(logits)
         scores.append(self.classifier(z))
         return scores
