@@ -29,7 +29,7 @@ from locallearn.errors import UserError
 from locallearn.networks import create_network
 from locallearn.networks.network import Network
 from locallearn.rules import RULES, Rule, create_rule
-from locallearn.training.checkpoint import load_checkpoint, save_checkpoint
+from locallearn.training.checkpoint import load_checkpoint, load_rule_tensors, save_checkpoint
 from locallearn.training.trainer import RUN_FILES, TrainConfig, evaluate
 
 
@@ -129,13 +129,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
                         f"trained without checkpoints or did not finish an epoch")
     rule, dataset = build_rule(config)
     tensors, meta = load_checkpoint(run_dir, stem=stem)
-    state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
-    try:
-        rule.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"weights in {run_dir} do not fit its config.json ({first}); "
-                        f"retrain the run") from None
+    load_rule_tensors(rule, tensors, f"weights in {run_dir} do not fit its config.json",
+                      "retrain the run")
     rule.load_extra_state(meta.get("rule_extra", {}))
     rule.to(device)
     rule.eval()

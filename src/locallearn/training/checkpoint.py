@@ -89,3 +89,14 @@ def unflatten_optimizer(rest: dict, tensors: dict[str, torch.Tensor]) -> dict:
             for name, v in st.items()
         }
     return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def load_rule_tensors(rule, tensors: dict[str, torch.Tensor], mismatch: str, fix: str) -> None:
+    """Load a checkpoint's ``rule.*`` tensors into ``rule``; a shape or key mismatch ends
+    in one line: ``mismatch`` (what does not fit), torch's first line, then ``fix``."""
+    state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
+    try:
+        rule.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{mismatch} ({first}); {fix}") from None

@@ -23,6 +23,7 @@ from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
     flatten_optimizer,
     load_checkpoint,
+    load_rule_tensors,
     save_checkpoint,
     unflatten_optimizer,
 )
@@ -178,13 +179,8 @@ class Trainer:
         save_checkpoint(self.out, tensors, meta, stem=stem)
 
     def _load_rule_tensors(self, rule: Rule, tensors: dict[str, Tensor]) -> None:
-        state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
-        try:
-            rule.load_state_dict(state)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"checkpoint in {self.out} does not fit this rule/network "
-                            f"({first}); resume with the same --rule/--net/--data") from None
+        load_rule_tensors(rule, tensors, f"checkpoint in {self.out} does not fit this "
+                          f"rule/network", "resume with the same --rule/--net/--data")
 
     # -- the loop ------------------------------------------------------------
     def fit(self, rule: Rule, dataset) -> dict[str, Any]:
