@@ -18,7 +18,7 @@ import traceback
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -247,8 +247,11 @@ class StageTrainer:
 
 def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
               overwrite: bool, stages: int, staleness: int = 0,
-              timeout_s: float = 60.0) -> dict[str, Any] | None:
-    """Run this process's stage (rank and world size from the environment)."""
+              timeout_s: float = 60.0, teardown: bool = True) -> dict[str, Any] | None:
+    """Run this process's stage (rank and world size from the environment).
+
+    ``teardown=False`` leaves the process group alive for a process that exits at once.
+    """
     from locallearn.training.run import build, make_config, run_info_for
 
     ranks = env_rank()
@@ -277,23 +280,31 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
                               options["net_options"], options["rule_options"])
         return StageTrainer(config, run_info, stages, staleness).fit(rule, dataset)
     finally:
-        dist.destroy_process_group()
+        if teardown:
+            dist.destroy_process_group()
 
 
-def main() -> int:
+def main() -> NoReturn:
     """Entry point of a launched stage process (``python -m locallearn.parallel.worker``)."""
     args = json.loads(os.environ["LOCALLEARN_STAGE_ARGS"])
     torch.set_num_threads(int(os.environ.get("LOCALLEARN_STAGE_THREADS", "1")))
     try:
-        run_stage(**args)
-        return 0
+        run_stage(**args, teardown=False)
+        code = 0
     except UserError as exc:
         print(f"locallearn: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except Exception:  # reported by the launcher in one line; details go to the stage log
         traceback.print_exc()
-        return 3
+        code = 3
+    # Every file is written and every stage has passed the final barrier. Exit without
+    # running gloo's C++ destructors: tearing down while a peer closes its sockets
+    # occasionally aborted a finished stage ("terminate called without an active
+    # exception", SIGABRT), about once in ten test-suite runs.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
