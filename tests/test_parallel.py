@@ -128,3 +128,31 @@ def test_dfa_stages_get_the_output_error_and_match_one_process(tmp_path):
     s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
     assert s3["staleness"] == 3 and s3["stages"] == 2
     assert s1["test_accuracy"] > 0.7 and s3["test_accuracy"] > 0.7
+
+
+def test_with_upcoming_pairs_each_batch_with_the_next_input():
+    from locallearn.parallel.worker import with_upcoming
+
+    batches = [("x0", "y0"), ("x1", "y1"), ("x2", "y2")]
+    assert list(with_upcoming(batches)) == [
+        (("x0", "y0"), "x1"), (("x1", "y1"), "x2"), (("x2", "y2"), None)]
+    assert list(with_upcoming([])) == []
+
+
+@pytest.mark.parametrize("rule, task", [("mono-forward", "node"), ("dfa", "link")])
+def test_graph_stages_match_one_process(tmp_path, rule, task):
+    """Later stages bind the graph from their own copy of the batch; dfa's link error
+    (made at the embeddings, one row per node) travels back like any output signal."""
+    args = ["--rule", rule, "--data", "csbm", "--task", task, "--net", "gcn:16,16",
+            "--epochs", "3", "--seed", "1", "--quiet"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for r in (cli_env("train", *args, "--out", str(one)),
+              cli_env("train", *args, "--stages", "2", "--out", str(two))):
+        assert r.returncode == 0, r.stderr
+    a, b = rule_tensors(one), rule_tensors(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    s1 = json.loads((one / "summary.json").read_text())
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s1["test_accuracy"] == s2["test_accuracy"]

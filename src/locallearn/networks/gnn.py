@@ -161,6 +161,13 @@ class GraphNetwork(Network):
         # Shapes are known from the layer widths; a GNN cannot run on a zero tensor.
         pass
 
+    def rows(self, x: Any) -> int:
+        return int(x.x.shape[0])  # one row per node
+
+    def bind(self, x: Any) -> None:
+        device = next(self.parameters()).device
+        self.context.bind(x.to(device) if hasattr(x, "to") else x)
+
 
 @NETWORKS.register("gcn", help="gcn:W1,W2,... graph convolution layers (Kipf & Welling)")
 def gcn(argument: str, input_shape: tuple[int, ...], num_classes: int,

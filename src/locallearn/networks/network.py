@@ -8,6 +8,7 @@ normalised or not); the network only holds the modules.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,16 @@ class Network(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(x) if self.head is not None else x
+
+    def rows(self, x: Any) -> int:
+        """Rows of every block's output for the input batch ``x`` (its first dimension)."""
+        return int(x.shape[0])
+
+    def bind(self, x: Any) -> None:
+        """Record what blocks read besides their input, for a stage that starts mid-network.
+
+        A plain network needs nothing; a graph network records the batch's edges.
+        """
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Output of every block, in order (a plain forward pass, graph kept)."""

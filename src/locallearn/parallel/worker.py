@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from locallearn.errors import UserError
 from locallearn.measure import MemoryMeter
@@ -55,6 +57,17 @@ def owned_state(rule, groups, ctx: StageContext) -> dict[str, torch.Tensor]:
     prefixes = tuple(f"network.blocks.{k}." for k in ctx.blocks)
     state.update({n: b.detach().cpu() for n, b in rule.named_buffers() if n.startswith(prefixes)})
     return state
+
+
+def with_upcoming(batches: Iterable[tuple[Any, Tensor]]) -> Iterator[tuple[tuple, Any]]:
+    """Each batch with the next one's input (None for the last), so a stage can post the
+    receive of the next activation before it computes this one."""
+    it = iter(batches)
+    current = next(it, None)
+    while current is not None:
+        following = next(it, None)
+        yield current, None if following is None else following[0]
+        current = following
 
 
 class StageTrainer:
@@ -109,14 +122,14 @@ class StageTrainer:
             dist.barrier()
             t0 = time.perf_counter()
             n_samples = 0
-            for x, y in dataset.loader("train", cfg.batch_size, shuffle=True,
-                                       seed=cfg.seed * 100_003 + epoch):
+            batches = dataset.loader("train", cfg.batch_size, shuffle=True,
+                                     seed=cfg.seed * 100_003 + epoch)
+            for (x, y), upcoming in with_upcoming(batches):
                 if rank == fail_rank and steps == fail_after:
                     os.kill(os.getpid(), 9)
-                x = x.to(self.device) if ctx.first else None
                 y = y.to(self.device)
                 with meter.track():
-                    stage.step(x, y)
+                    stage.step(x, y, upcoming)
                 n_samples += int(y.shape[0])
                 steps += 1
             with meter.track():

@@ -268,8 +268,15 @@ class ErrorBroadcastRule(Rule):
         return self.block_groups()
 
     def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
-        """The signal broadcast to every block, shape (batch, signal_size); no gradient."""
+        """The signal broadcast to every block, one row per row of the batch; no gradient."""
         raise NotImplementedError
+
+    def error_signal(self, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """The head's scores on the last block's output ``h``, and the signal made there."""
+        scores = self.network.head(h.detach())
+        with torch.no_grad():
+            signal = self.output_signal(scores, y)
+        return scores, signal
 
     def signal_loss(self, k: int, h_k: Tensor, signal: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -290,9 +297,7 @@ class ErrorBroadcastRule(Rule):
         for block in self.network.blocks:
             h = block(h.detach())
             outputs.append(h)
-        scores = self.network.head(h.detach())
-        with torch.no_grad():
-            signal = self.output_signal(scores, y)
+        scores, signal = self.error_signal(h, y)
         for k, block in enumerate(self.network.blocks):
             h_k, outputs[k] = outputs[k], None
             if block.trainable:

@@ -39,8 +39,6 @@ paper's plain SGD (same optimiser as the backprop baseline).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor
 
@@ -106,17 +104,8 @@ class DFA(ErrorBroadcastRule):
             e = torch.autograd.grad(cross_entropy(self.network.head(z), y), z)[0]
         return e * count_valid(y)
 
-    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+    def error_signal(self, h: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if not self.link_pairs:
-            yield from super().iter_losses(x, y)
-            return
+            return super().error_signal(h, y)
         # Link task: the error lives at the embeddings, which output_signal cannot see.
-        h, outputs = x, []
-        for block in self.network.blocks:
-            h = block(h.detach())
-            outputs.append(h)
-        e = self.embedding_error(h, y)
-        for k, block in enumerate(self.network.blocks):
-            h_k, outputs[k] = outputs[k], None
-            if block.trainable:
-                yield self.signal_loss(k, h_k, e, y)
+        return self.network.head(h.detach()), self.embedding_error(h, y)
