@@ -72,7 +72,7 @@ def check_stageable(rule: Rule, staleness: int = 0) -> None:
         raise UserError(
             f"rule {rule.name!r} cannot be split into stages (it couples blocks beyond a "
             f"forward activation and one output error); stageable rules: blockwise ones "
-            f"such as mono-forward, local, ff, and dfa"
+            f"such as mono-forward, local, lls, and dfa (see docs/parallel.md)"
         )
     if staleness > 0:
         raise UserError(f"--staleness applies to rules that send an error backward (dfa); "
