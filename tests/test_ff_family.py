@@ -92,21 +92,31 @@ def test_family_is_local(digits, rule_name, net, options):
     assert_local(rule, digits.train.x[:64], digits.train.y[:64])
 
 
-def test_cff_couples_layers_so_it_neither_streams_nor_stages(digits):
+def test_cff_couples_layers_so_it_does_not_stream(digits):
     from locallearn.parallel.stages import check_stageable
 
     torch.manual_seed(0)
     net = create_network("mlp:32,32", digits.input_shape, digits.num_classes)
     cff = create_rule("cff", net, digits.task, negatives="random")
     assert not cff.streams_losses
-    with pytest.raises(UserError, match="cannot be split into stages"):
-        check_stageable(cff)
-    # ff and symba stream (each layer's graph freed before the next), but are not staged:
-    # hard negatives and the readout need every layer.
+    check_stageable(cff, staleness=2)  # stages exchange the summed goodness
+    with pytest.raises(UserError, match="negatives=random"):
+        check_stageable(create_rule("cff", create_network("mlp:8", digits.input_shape, 10),
+                                    digits.task))
+    # ff and symba stream (each layer's graph freed before the next); staged only with
+    # random negatives and goodness prediction (hard negatives and the readout need
+    # every layer), and then with nothing sent backward.
     symba = create_rule("symba", create_network("mlp:8", digits.input_shape, 10), digits.task)
     assert symba.streams_losses
     with pytest.raises(UserError, match="cannot be split into stages"):
         check_stageable(symba)
+    ff = create_rule("ff", create_network("mlp:8", digits.input_shape, 10), digits.task,
+                     negatives="random", predict="goodness")
+    check_stageable(ff)
+    with pytest.raises(UserError, match="sends nothing backward"):
+        check_stageable(ff, staleness=1)
+    # Nothing uses the readout then: it is not built and the head stays fixed.
+    assert not ff.projections and not any(p.requires_grad for p in ff.network.head.parameters())
     # Layer 0's loss depends on layer 1's goodness (detached): scaling layer 1's weights
     # changes loss 0 but gives layer 1 no gradient from it.
     x, y = digits.train.x[:64], digits.train.y[:64]

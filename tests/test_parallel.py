@@ -95,6 +95,7 @@ def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):
     (["--stages", "2", "--rule", "backprop"], "cannot be split into stages"),
     (["--stages", "2", "--staleness", "-1"], "staleness"),
     (["--stages", "2", "--staleness", "2"], "sends nothing backward"),
+    (["--stages", "2", "--rule", "ff"], "negatives=random"),
     (["--stages", "2", "--rule", "pepita"], "cannot be split into stages"),
 ])
 def test_impossible_stagings_exit_2(extra, message):
@@ -156,3 +157,42 @@ def test_graph_stages_match_one_process(tmp_path, rule, task):
     s1 = json.loads((one / "summary.json").read_text())
     s2 = json.loads((two / "summary.json").read_text())
     assert s1["test_accuracy"] == s2["test_accuracy"]
+
+
+FF_ARGS = ["--data", "digits", "--net", "mlp:32,32,32", "--batch-size", "64", "--seed", "3",
+           "--lr", "1e-2", "--set", "rule.negatives=random", "--quiet"]
+
+
+def test_cff_stages_share_goodness_and_match_one_process(tmp_path):
+    """cff's layers need every layer's goodness: the sum travels forward with the
+    activation and back from the last stage. Exact with staleness 0 (3 stages); with
+    staleness 2 a stage uses the others' goodness up to 2 micro-batches late and learns."""
+    one, three, late = tmp_path / "one", tmp_path / "three", tmp_path / "late"
+    results = [
+        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--out", str(one)),
+        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--stages", "3",
+                "--out", str(three)),
+        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--stages", "2",
+                "--staleness", "2", "--out", str(late)),
+    ]
+    for r in results:
+        assert r.returncode == 0, r.stderr
+    a, b, c = rule_tensors(one), rule_tensors(three), rule_tensors(late)
+    assert a.keys() == b.keys() == c.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
+                              c["rule.network.blocks.0.body.1.weight"])
+    s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
+    assert s1["test_accuracy"] > 0.75 and s3["test_accuracy"] > 0.75  # chance: 0.1
+
+
+def test_ff_with_random_negatives_stages_exactly(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["--rule", "ff", *FF_ARGS, "--set", "rule.predict=goodness", "--epochs", "2"]
+    for r in (cli_env("train", *args, "--out", str(one)),
+              cli_env("train", *args, "--stages", "2", "--out", str(two))):
+        assert r.returncode == 0, r.stderr
+    a, b = rule_tensors(one), rule_tensors(two)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)

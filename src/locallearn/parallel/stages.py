@@ -69,14 +69,15 @@ def check_stageable(rule: Rule, staleness: int = 0) -> None:
     if isinstance(rule, ErrorBroadcastRule):
         return
     if not isinstance(rule, BlockwiseRule) or not getattr(rule, "stageable", True):
+        hint = getattr(rule, "stage_hint", "it couples blocks beyond a forward activation "
+                                           "and one signal sent back")
         raise UserError(
-            f"rule {rule.name!r} cannot be split into stages (it couples blocks beyond a "
-            f"forward activation and one output error); stageable rules: blockwise ones "
-            f"such as mono-forward, local, lls, and dfa (see docs/parallel.md)"
-        )
-    if staleness > 0:
-        raise UserError(f"--staleness applies to rules that send an error backward (dfa); "
-                        f"{rule.name!r} sends nothing backward, so use --staleness 0")
+            f"rule {rule.name!r} cannot be split into stages ({hint}); stageable rules: "
+            f"blockwise ones such as mono-forward, local, lls, dfa and cff "
+            f"(see docs/parallel.md)")
+    if staleness > 0 and not getattr(rule, "shares_goodness", False):
+        raise UserError(f"--staleness applies to rules that send a signal backward (dfa, "
+                        f"cff); {rule.name!r} sends nothing backward, so use --staleness 0")
 
 
 def stage_groups(rule: Rule, blocks: range, last: bool) -> list[ParamGroup]:
@@ -107,8 +108,8 @@ class Outbox:
     """Tensors to one peer: the first carries a header (dtype and per-row shape), later
     ones are bare, so the peer can post their receives ahead (see :class:`Inbox`)."""
 
-    def __init__(self, peer: int) -> None:
-        self.peer = peer
+    def __init__(self, peer: int, tag: int = 0) -> None:
+        self.peer, self.tag = peer, tag
         self.format: tuple | None = None  # (dtype, row shape) announced to the peer
 
     def send(self, t: Tensor, rows: int, what: str) -> tuple[list, tuple]:
@@ -118,14 +119,14 @@ class Outbox:
         works, keep = [], (t,)
         if self.format is None:
             header = encode_format(*fmt, device=t.device)
-            works.append(dist.isend(header, self.peer))
+            works.append(dist.isend(header, self.peer, tag=self.tag))
             keep, self.format = (header, t), fmt
         if fmt != self.format or t.shape[0] != rows:
             raise RuntimeError(
                 f"{what} of shape {tuple(t.shape)} {t.dtype}: a stage boundary carries {rows} "
                 f"rows of {self.format[1]} {self.format[0]} (one row per row of the batch, "
                 f"one shape per run)")
-        works.append(dist.isend(t, self.peer))
+        works.append(dist.isend(t, self.peer, tag=self.tag))
         return works, keep
 
 
@@ -139,15 +140,15 @@ class Inbox:
     on loopback, 12% of a stage's step in the throughput benchmark).
     """
 
-    def __init__(self, peer: int, device: torch.device) -> None:
-        self.peer, self.device = peer, device
+    def __init__(self, peer: int, device: torch.device, tag: int = 0) -> None:
+        self.peer, self.device, self.tag = peer, device, tag
         self.format: tuple | None = None
         self._next: tuple | None = None  # (work, buffer) of the receive posted ahead
 
     def recv(self, rows: int, next_rows: int | None = None) -> Tensor:
         if self.format is None:
             header = torch.zeros(HEADER_DIMS, dtype=torch.long, device=self.device)
-            dist.recv(header, self.peer)
+            dist.recv(header, self.peer, tag=self.tag)
             self.format = decode_format(header)
         work, t = self._next if self._next is not None else self._post(rows)
         work.wait()
@@ -157,7 +158,7 @@ class Inbox:
     def _post(self, rows: int) -> tuple:
         dtype, shape = self.format
         buffer = torch.empty((rows, *shape), dtype=dtype, device=self.device)
-        return dist.irecv(buffer, self.peer), buffer
+        return dist.irecv(buffer, self.peer, tag=self.tag), buffer
 
 
 class ActivationChannel:
@@ -172,11 +173,12 @@ class ActivationChannel:
     def __init__(self, ctx: StageContext, signals_in_flight: int = 1) -> None:
         self.ctx = ctx
         self.signals_in_flight = signals_in_flight
-        self._down = Outbox(ctx.rank + 1)
-        self._up = Inbox(ctx.rank - 1, ctx.device)
+        # Forward streams by tag: 0 the activation, others what a rule sends along.
+        self._down: dict[int, Outbox] = {}
+        self._up: dict[int, Inbox] = {}
         self._signals_out = [Outbox(r) for r in range(ctx.rank)] if ctx.last else []
         self._signals_in = Inbox(ctx.world - 1, ctx.device)
-        self._pending: tuple[list, tuple] = ([], ())  # the activation send in flight
+        self._pending: dict[int, tuple[list, tuple]] = {}  # per tag: the send in flight
         self._signals: deque = deque()  # (works, buffers) per signal in flight
         self.wait_seconds = 0.0  # time blocked on neighbours (for the busy fraction)
 
@@ -186,16 +188,20 @@ class ActivationChannel:
             work.wait()
         self.wait_seconds += time.perf_counter() - t0
 
-    def send(self, h: Tensor, rows: int) -> None:
-        """The activation of a micro-batch with ``rows`` rows, to the next stage."""
-        self._wait(self._pending[0])
-        self._pending = self._down.send(h, rows, f"stage {self.ctx.rank}'s activation")
+    def send(self, h: Tensor, rows: int, tag: int = 0) -> None:
+        """The activation of a micro-batch with ``rows`` rows (or, with another ``tag``,
+        something sent along with it) to the next stage."""
+        if tag in self._pending:
+            self._wait(self._pending[tag][0])
+        box = self._down.setdefault(tag, Outbox(self.ctx.rank + 1, tag))
+        self._pending[tag] = box.send(h, rows, f"stage {self.ctx.rank}'s output (tag {tag})")
 
-    def recv(self, rows: int, next_rows: int | None = None) -> Tensor:
-        """The previous stage's activation of this micro-batch; with ``next_rows``, the
-        receive of the next micro-batch is posted at once."""
+    def recv(self, rows: int, next_rows: int | None = None, tag: int = 0) -> Tensor:
+        """The previous stage's activation of this micro-batch (or what came along with
+        it, by ``tag``); with ``next_rows``, the next micro-batch's receive is posted."""
         t0 = time.perf_counter()
-        h = self._up.recv(rows, next_rows)
+        box = self._up.setdefault(tag, Inbox(self.ctx.rank - 1, self.ctx.device, tag))
+        h = box.recv(rows, next_rows)
         self.wait_seconds += time.perf_counter() - t0
         return h
 
@@ -219,8 +225,9 @@ class ActivationChannel:
 
     def flush(self) -> None:
         """Wait for every send in flight."""
-        self._wait(self._pending[0])
-        self._pending = ([], ())
+        for works, _ in self._pending.values():
+            self._wait(works)
+        self._pending = {}
         while self._signals:
             self._wait(self._signals.popleft()[0])
 
@@ -288,29 +295,24 @@ class BlockwiseStage:
         activation, posting the receive of the ``upcoming`` batch (None: epoch's last)."""
         if self.ctx.first:
             return self.first_input(x, y)
-        network = self.rule.network
+        network, per_example = self.rule.network, self.rule.rows_per_example
         network.bind(x)
-        return self.channel.recv(network.rows(x),
-                                 None if upcoming is None else network.rows(upcoming))
+        return self.channel.recv(network.rows(x) * per_example, None if upcoming is None
+                                 else network.rows(upcoming) * per_example)
 
     def step(self, x, y: Tensor, upcoming=None) -> None:
         """One micro-batch. Every stage has its own copy of the batch ``x`` (on the CPU)
         and the labels ``y``; ``upcoming`` is the next batch of the epoch, if any."""
         rule, ctx = self.rule, self.ctx
         h = self.stage_input(x, y, upcoming)
-        readouts = rule.readouts()
-        n_blocks = len(rule.network.blocks)
         losses = []
         for k in ctx.blocks:
-            block = rule.network.blocks[k]
-            h = block(rule.block_input(k, h))
-            if block.trainable or readouts.get(k) or (rule.head_in_last_block
-                                                      and k == n_blocks - 1):
+            h = rule.network.blocks[k](rule.block_input(k, h))
+            if rule.block_learns(k):
                 losses.append(rule.block_loss(k, h, y))
         if not ctx.last:
-            self.channel.send(h, rule.network.rows(x))
-        elif rule.network.head is not None and not rule.head_in_last_block and any(
-                p.requires_grad for p in rule.network.head.parameters()):
+            self.channel.send(h, rule.network.rows(x) * rule.rows_per_example)
+        elif rule.head_learns:
             losses.append(rule.head_loss(h, y))
         self.learn(losses)
 
@@ -382,11 +384,84 @@ class ErrorBroadcastStage(BlockwiseStage):
         self.channel.flush()
 
 
+GOODNESS_TAG = 1  # the forward stream of goodness summed over earlier layers
+
+
+class SharedGoodnessStage(BlockwiseStage):
+    """A stage of cff, whose layer losses need the goodness of every layer.
+
+    The goodness summed over earlier layers travels forward beside the activation; the
+    last stage completes the sum and sends the total back to every earlier stage, which
+    learns from it as an error-broadcast stage does: layer k's loss uses its own goodness
+    with gradient and ``total - G_k`` (the others', a constant). With ``staleness=0`` a
+    stage waits for the total of micro-batch ``t`` (exact); with ``k`` it may run up to
+    k micro-batches ahead, then forwards the stored input again with its current weights
+    and takes the others' goodness as it was.
+    """
+
+    def __init__(self, rule: BlockwiseRule, ctx: StageContext, channel: ActivationChannel,
+                 optimizers, staleness: int = 0) -> None:
+        super().__init__(rule, ctx, channel, optimizers)
+        self.staleness = staleness
+        self.layers = sum(b.trainable for b in rule.network.blocks)
+        self.pending: deque = deque()  # (stage input, rows, own goodness, graphs or None)
+
+    def _forward(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+        rule, goodness = self.rule, []
+        for k in self.ctx.blocks:
+            block = rule.network.blocks[k]
+            h = block(rule.block_input(k, h))
+            if block.trainable:
+                goodness.append(rule.layer_goodness(k, h))
+        return h, goodness
+
+    def _losses(self, goodness: list[Tensor], before: list[Tensor], total: Tensor):
+        return [self.rule.shared_loss(g, total - g_before, self.layers)
+                for g, g_before in zip(goodness, before, strict=True)]
+
+    def step(self, x, y: Tensor, upcoming=None) -> None:
+        rule, ctx, network = self.rule, self.ctx, self.rule.network
+        h_in = self.stage_input(x, y, upcoming)
+        rows = network.rows(x) * rule.rows_per_example
+        if ctx.first:
+            partial = torch.zeros(rows, device=ctx.device)
+        else:
+            next_rows = None if upcoming is None else network.rows(upcoming) * rule.rows_per_example
+            partial = self.channel.recv(rows, next_rows, tag=GOODNESS_TAG)
+        h, goodness = self._forward(h_in)
+        before = [g.detach() for g in goodness]
+        for g in before:
+            partial = partial + g
+        if ctx.last:
+            self.channel.send_signal(partial, rows)
+            self.learn(self._losses(goodness, before, partial))
+            return
+        self.channel.send(h, rows)
+        self.channel.send(partial, rows, tag=GOODNESS_TAG)
+        self.pending.append((h_in, rows, before, goodness if self.staleness == 0 else None))
+        while len(self.pending) > self.staleness:
+            self._learn_oldest()
+
+    def _learn_oldest(self) -> None:
+        h_in, rows, before, goodness = self.pending.popleft()
+        total = self.channel.recv_signal(rows)
+        if goodness is None:
+            goodness = self._forward(h_in)[1]
+        self.learn(self._losses(goodness, before, total))
+
+    def flush(self) -> None:
+        while self.pending:
+            self._learn_oldest()
+        self.channel.flush()
+
+
 def make_stage(rule: Rule, ctx: StageContext, channel: ActivationChannel, optimizers,
                staleness: int = 0) -> BlockwiseStage:
     """The stage loop that fits the rule (see :func:`check_stageable`)."""
     if isinstance(rule, ErrorBroadcastRule):
         return ErrorBroadcastStage(rule, ctx, channel, optimizers, staleness)
+    if getattr(rule, "shares_goodness", False):
+        return SharedGoodnessStage(rule, ctx, channel, optimizers, staleness)
     return BlockwiseStage(rule, ctx, channel, optimizers)
 
 

@@ -61,6 +61,8 @@ class Rule(nn.Module):
         "epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128,
     }
     needs_gradient_through_blocks: ClassVar[bool] = False
+    # Training rows per row of a batch (Forward-Forward: positive and negative data).
+    rows_per_example: ClassVar[int] = 1
     supports_kinds: ClassVar[tuple[str, ...]] = ("image", "signal", "vector")
 
     def __init__(self, network: Network, task: Task) -> None:
@@ -172,6 +174,16 @@ class BlockwiseRule(Rule):
     # True when the network's head is the last block's own readout (trained by the
     # last block's loss) rather than a separate classifier on detached features.
     head_in_last_block: ClassVar[bool] = False
+    def block_learns(self, k: int) -> bool:
+        """Whether block ``k`` has a loss (a black box without a readout has none)."""
+        return (self.network.blocks[k].trainable or bool(self.readouts().get(k))
+                or (self.head_in_last_block and k == len(self.network.blocks) - 1))
+
+    @property
+    def head_learns(self) -> bool:
+        """Whether the head has its own loss on the last block's detached output."""
+        return (self.network.head is not None and not self.head_in_last_block
+                and any(p.requires_grad for p in self.network.head.parameters()))
 
     def readouts(self) -> dict[int, list[nn.Module]]:
         """Modules trained together with block ``k`` (its readout), by block index.
@@ -205,15 +217,11 @@ class BlockwiseRule(Rule):
 
     def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
         h = self.prepare(x, y)
-        readouts = self.readouts()
-        last = len(self.network.blocks) - 1
         for k, block in enumerate(self.network.blocks):
             h = block(self.block_input(k, h))
-            # A block with nothing to train (a black box without readout) has no group.
-            if block.trainable or readouts.get(k) or (self.head_in_last_block and k == last):
+            if self.block_learns(k):
                 yield self.block_loss(k, h, y)
-        if (self.network.head is not None and not self.head_in_last_block
-                and any(p.requires_grad for p in self.network.head.parameters())):
+        if self.head_learns:
             yield self.head_loss(h, y)
 
     @property

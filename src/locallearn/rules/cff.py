@@ -23,7 +23,10 @@ samples the *network* still gets wrong, so the layers share the work.
 Locality: the other layers' goodness enters only as a constant (detached), so loss k
 still reaches only layer k's weights. But it needs every layer's goodness of the
 same batch before any layer's loss exists, so the losses cannot be streamed block by
-block and the rule cannot be split into pipeline stages (``stageable = False``).
+block. Split into pipeline stages (random negatives, goodness prediction), the
+goodness summed over earlier layers travels forward with the activation and the
+last stage sends the total back, like dfa's output error (``--staleness k``: a stage
+may use a total up to k micro-batches late, see :mod:`locallearn.parallel.stages`).
 
 Deviations from the paper: ``gamma`` (default 1, the paper's setting) weights the
 other layers' goodness; the threshold grows with the number of layers so the
@@ -33,6 +36,7 @@ hardest-wrong-label negatives, the optional readout).
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -48,8 +52,8 @@ from locallearn.rules.ff_common import GoodnessRule, check_option
 class CollaborativeForwardForward(GoodnessRule):
     name = "cff"
     defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}
-    # Loss k needs every layer's goodness: no streaming, no pipeline stages.
-    stageable = False
+    # Loss k needs every layer's goodness: no streaming; stages exchange the sum.
+    shares_goodness = True
 
     def __init__(
         self, network: Network, task: Task, gamma: float = 1.0,
@@ -65,16 +69,16 @@ class CollaborativeForwardForward(GoodnessRule):
         self.gamma = gamma
 
     def layer_losses(self, g_pos: list[Tensor], g_neg: list[Tensor]) -> list[Tensor]:
-        total_pos = sum(g.detach() for g in g_pos)
-        total_neg = sum(g.detach() for g in g_neg)
-        theta = self.threshold * (1 + self.gamma * (len(g_pos) - 1))
-        out = []
-        for p, n in zip(g_pos, g_neg, strict=True):
-            # Layer k's own goodness with gradient, the others' as constants.
-            c_pos = p + self.gamma * (total_pos - p.detach())
-            c_neg = n + self.gamma * (total_neg - n.detach())
-            out.append(self.collab_loss(c_pos, c_neg, theta))
-        return out
+        goodness = [torch.cat([p, n]) for p, n in zip(g_pos, g_neg, strict=True)]
+        total = sum(g.detach() for g in goodness)
+        return [self.shared_loss(g, total - g.detach(), len(goodness)) for g in goodness]
+
+    def shared_loss(self, g: Tensor, others: Tensor, layers: int) -> Tensor:
+        """Loss of one layer from its goodness ``g`` (positive rows, then negative) and
+        the other ``layers - 1`` layers' summed goodness ``others`` (a constant)."""
+        theta = self.threshold * (1 + self.gamma * (layers - 1))
+        c_pos, c_neg = (g + self.gamma * others).chunk(2)
+        return self.collab_loss(c_pos, c_neg, theta)
 
     def collab_loss(self, c_pos: Tensor, c_neg: Tensor, theta: float) -> Tensor:
         return (F.softplus(theta - c_pos) + F.softplus(c_neg - theta)).mean()

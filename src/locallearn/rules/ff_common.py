@@ -179,8 +179,13 @@ class GoodnessRule(BlockwiseRule):
         # The readout is a linear map on the concatenated normalised activities,
         # written as a sum of one linear map per layer; the network's head is the
         # last layer's part, so the head is still the network's output layer.
+        # Nothing uses the readout under goodness prediction with non-readout negatives:
+        # then it is not built, and the head (its last part) stays fixed.
         own = self.used_layers if network.head is None else self.used_layers[:-1]
-        self.projections = nn.ModuleDict({str(k): network.make_readout(k) for k in own})
+        self.projections = nn.ModuleDict({str(k): network.make_readout(k) for k in own
+                                          if self.trains_readout})
+        if not self.trains_readout and network.head is not None:
+            network.head.requires_grad_(False)
 
     # -- training ------------------------------------------------------------
     def readouts(self) -> dict[int, list[nn.Module]]:
@@ -212,9 +217,26 @@ class GoodnessRule(BlockwiseRule):
         g_pos, g_neg = self.layer_goodness(k, out).chunk(2)
         return self.pair_loss(g_pos, g_neg)
 
-    # Hard negatives are picked by every layer's goodness (or the all-layer readout), and
-    # the readout spans every layer: a pipeline stage could not compute either alone.
-    stageable = False
+    rows_per_example = 2  # positive then negative data
+    # The head is the last layer's part of the readout and learns with it, if at all.
+    head_learns = False
+    # Set by a rule whose layer losses need every layer's goodness (cff).
+    shares_goodness = False
+
+    @property
+    def trains_readout(self) -> bool:
+        """The readout learns only when something uses it: prediction or negatives."""
+        return self.predict_with == "readout" or self.negatives == "readout"
+
+    @property
+    def stageable(self) -> bool:
+        # Hard negatives are picked by every layer's goodness for every label (or by the
+        # all-layer readout), and the readout spans every layer: a pipeline stage could
+        # compute neither alone.
+        return self.negatives == "random" and not self.trains_readout
+
+    stage_hint = ("hard negatives and the readout need every layer; stage it with "
+                  "--set rule.negatives=random --set rule.predict=goodness")
 
     @property
     def streams_losses(self) -> bool:
@@ -224,9 +246,10 @@ class GoodnessRule(BlockwiseRule):
         return type(self).layer_losses is GoodnessRule.layer_losses
 
     def _negatives(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
-        """The neutral-label activities (for the readout) and a wrong label per sample."""
+        """The neutral-label activities (for the readout, if it learns) and a wrong label
+        per sample."""
         with torch.no_grad():
-            acts = self.normalised_features(x)
+            acts = self.normalised_features(x) if self.trains_readout else []
             if self.negatives == "random":
                 y_neg = wrong_labels(y, self.task.num_classes)
             elif self.negatives == "readout":
@@ -246,8 +269,8 @@ class GoodnessRule(BlockwiseRule):
             h = block(self.block_input(k, h))
             if block.trainable:
                 yield self.block_loss(k, h, y)
-        # The readout learns on detached activities of the neutral-label pass.
-        yield cross_entropy(self.readout(acts), y)
+        if self.trains_readout:  # on detached activities of the neutral-label pass
+            yield cross_entropy(self.readout(acts), y)
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         if self.streams_losses:
@@ -262,8 +285,8 @@ class GoodnessRule(BlockwiseRule):
                 g_pos.append(p)
                 g_neg.append(n)
         out = self.layer_losses(g_pos, g_neg)
-        # The readout learns on detached activities of the neutral-label pass.
-        out.append(cross_entropy(self.readout(acts), y))
+        if self.trains_readout:  # on detached activities of the neutral-label pass
+            out.append(cross_entropy(self.readout(acts), y))
         return out
 
     # -- inference -----------------------------------------------------------
