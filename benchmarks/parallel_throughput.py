@@ -1,6 +1,7 @@
 """Throughput of layer-parallel training: N stages (one thread each) vs one process.
 
     python benchmarks/parallel_throughput.py [--stages 1 2] [--epochs 3] [--seeds 0]
+        [--rule dfa --staleness 2] [--set rule.negatives=random]
 
 Same rule, network and data for every row (mono-forward, mlp with 4 blocks of
 width 1024, batch 256, mnist5k). Prints samples/s, the speed-up over one
@@ -19,13 +20,16 @@ import tempfile
 from pathlib import Path
 
 
-def run(stages: int, epochs: int, seed: int, rule: str, net: str, batch: int) -> dict:
+def run(stages: int, epochs: int, seed: int, rule: str, net: str, batch: int,
+        staleness: int = 0, settings: tuple[str, ...] = ()) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"pp{stages}-")) / "run"
     cmd = [sys.executable, "-m", "locallearn", "train", "--rule", rule, "--data", "mnist5k",
            "--net", net, "--epochs", str(epochs), "--batch-size", str(batch), "--seed", str(seed),
            "--out", str(out), "--quiet"]
+    for setting in settings:
+        cmd += ["--set", setting]
     if stages > 1:
-        cmd += ["--stages", str(stages), "--stage-threads", "1"]
+        cmd += ["--stages", str(stages), "--stage-threads", "1", "--staleness", str(staleness)]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     return json.loads((out / "summary.json").read_text())
@@ -39,17 +43,22 @@ def main() -> None:
     p.add_argument("--rule", default="mono-forward")
     p.add_argument("--net", default="mlp:1024,1024,1024,1024")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--staleness", type=int, default=0, help="for rules that send a signal back")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to `locallearn train --set`")
     args = p.parse_args()
 
     rows = []
     for n in args.stages:
-        summaries = [run(n, args.epochs, s, args.rule, args.net, args.batch_size)
-                     for s in args.seeds]
+        summaries = [run(n, args.epochs, s, args.rule, args.net, args.batch_size,
+                         args.staleness, tuple(args.set)) for s in args.seeds]
         rows.append((n, summaries))
     base = statistics.mean(s["samples_per_second"] for s in rows[0][1])
     hw = rows[0][1][0]["hardware"]
-    print(f"{args.rule}, {args.net}, batch {args.batch_size}, {args.epochs} epochs, mnist5k; "
-          f"{hw['cpu']} ({hw['cpu_count']} cores), torch {hw['torch_version']}")
+    extra = "".join(f", {x}" for x in args.set) + (f", staleness {args.staleness}"
+                                                    if args.staleness else "")
+    print(f"{args.rule}{extra}, {args.net}, batch {args.batch_size}, {args.epochs} epochs, "
+          f"mnist5k; {hw['cpu']} ({hw['cpu_count']} cores), torch {hw['torch_version']}")
     print(f"{'stages':>6} {'samples/s':>10} {'speed-up':>9} {'test acc':>9}  busy per stage")
     for n, summaries in rows:
         sps = statistics.mean(s["samples_per_second"] for s in summaries)

@@ -196,3 +196,26 @@ def test_ff_with_random_negatives_stages_exactly(tmp_path):
     a, b = rule_tensors(one), rule_tensors(two)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_stashed_weights_keep_a_pending_graph_valid_after_an_update():
+    """With staleness > 0 a stage updates its weights while older graphs wait for their
+    signal: their backward must use the weights the forward ran with."""
+    from locallearn.parallel.stages import stashed_weights
+
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.LayerNorm(4), torch.nn.Linear(4, 3))
+    x = torch.randn(5, 4)
+    expected = torch.autograd.grad(block(x).square().sum(), block[1].weight)[0]
+    with stashed_weights():
+        loss = block(x).square().sum()
+    with torch.no_grad():
+        block[1].weight.add_(1.0)  # an optimiser step in between
+    loss.backward()
+    torch.testing.assert_close(block[1].weight.grad, expected)
+    # Without the stash autograd refuses the changed weight.
+    loss = block(x).square().sum()
+    with torch.no_grad():
+        block[1].weight.add_(1.0)
+    with pytest.raises(RuntimeError, match="inplace"):
+        loss.backward()

@@ -33,6 +33,8 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -326,21 +328,24 @@ class ErrorBroadcastStage(BlockwiseStage):
 
     Earlier stages keep up to ``staleness`` micro-batches whose error has not arrived
     yet; with ``staleness=0`` they wait for it, so no weight changes between a block's
-    forward and its update (exact). With ``staleness>0`` the stored input is forwarded
-    again with the current weights when the error arrives.
+    forward and its update (exact). With ``staleness>0`` a stage keeps each pending
+    micro-batch's forward graph, with the weights it ran with (:func:`stashed_weights`),
+    and when the error arrives applies that gradient to its current weights: the
+    gradient is up to ``staleness`` updates old, as in asynchronous pipelines.
     """
 
     def __init__(self, rule: ErrorBroadcastRule, ctx: StageContext, channel: ActivationChannel,
                  optimizers, staleness: int = 0) -> None:
         super().__init__(rule, ctx, channel, optimizers)
         self.staleness = staleness
-        self.pending: deque = deque()  # (stage input, labels, rows, block outputs or None)
+        self.pending: deque = deque()  # (labels, rows, block outputs)
 
     def _forward(self, h: Tensor) -> list[tuple[int, Tensor]]:
         outputs = []
-        for k in self.ctx.blocks:
-            h = self.rule.network.blocks[k](h.detach())
-            outputs.append((k, h))
+        with stashed_weights(self.staleness > 0 and not self.ctx.last):
+            for k in self.ctx.blocks:
+                h = self.rule.network.blocks[k](h.detach())
+                outputs.append((k, h))
         return outputs
 
     def _losses(self, outputs, signal: Tensor, y: Tensor) -> list[Tensor]:
@@ -366,22 +371,42 @@ class ErrorBroadcastStage(BlockwiseStage):
             self.learn(losses)
             return
         self.channel.send(h, rows)
-        # Keep the graph only when no update can happen before the error arrives.
-        self.pending.append((h_in, y, rows, outputs if self.staleness == 0 else None))
+        self.pending.append((y, rows, outputs))
         while len(self.pending) > self.staleness:
             self._learn_oldest()
 
     def _learn_oldest(self) -> None:
-        h_in, y, rows, outputs = self.pending.popleft()
+        y, rows, outputs = self.pending.popleft()
         signal = self.channel.recv_signal(rows)
-        if outputs is None:
-            outputs = self._forward(h_in)
         self.learn(self._losses(outputs, signal, y))
 
     def flush(self) -> None:
         while self.pending:
             self._learn_oldest()
         self.channel.flush()
+
+
+@contextmanager
+def stashed_weights(active: bool = True) -> Iterator[None]:
+    """Forward graphs built inside keep a copy of every parameter they save for backward.
+
+    A stage that updates its weights while older micro-batches' graphs wait for their
+    signal (staleness > 0) would otherwise find those saved weights changed in place
+    (autograd refuses). Only weights that a backward needs are copied: none for a single
+    linear layer on a detached input, the inner layers' for deeper blocks.
+    """
+    if not active:
+        yield
+        return
+
+    def pack(t: Tensor) -> Tensor:
+        base = t._base if t._base is not None else t
+        if base.is_leaf and base.requires_grad:
+            return t.detach().clone()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
 
 
 GOODNESS_TAG = 1  # the forward stream of goodness summed over earlier layers
@@ -395,8 +420,7 @@ class SharedGoodnessStage(BlockwiseStage):
     learns from it as an error-broadcast stage does: layer k's loss uses its own goodness
     with gradient and ``total - G_k`` (the others', a constant). With ``staleness=0`` a
     stage waits for the total of micro-batch ``t`` (exact); with ``k`` it may run up to
-    k micro-batches ahead, then forwards the stored input again with its current weights
-    and takes the others' goodness as it was.
+    k micro-batches ahead, keeping their forward graphs as an error-broadcast stage does.
     """
 
     def __init__(self, rule: BlockwiseRule, ctx: StageContext, channel: ActivationChannel,
@@ -404,20 +428,20 @@ class SharedGoodnessStage(BlockwiseStage):
         super().__init__(rule, ctx, channel, optimizers)
         self.staleness = staleness
         self.layers = sum(b.trainable for b in rule.network.blocks)
-        self.pending: deque = deque()  # (stage input, rows, own goodness, graphs or None)
+        self.pending: deque = deque()  # (rows, own layers' goodness)
 
     def _forward(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
         rule, goodness = self.rule, []
-        for k in self.ctx.blocks:
-            block = rule.network.blocks[k]
-            h = block(rule.block_input(k, h))
-            if block.trainable:
-                goodness.append(rule.layer_goodness(k, h))
+        with stashed_weights(self.staleness > 0 and not self.ctx.last):
+            for k in self.ctx.blocks:
+                block = rule.network.blocks[k]
+                h = block(rule.block_input(k, h))
+                if block.trainable:
+                    goodness.append(rule.layer_goodness(k, h))
         return h, goodness
 
-    def _losses(self, goodness: list[Tensor], before: list[Tensor], total: Tensor):
-        return [self.rule.shared_loss(g, total - g_before, self.layers)
-                for g, g_before in zip(goodness, before, strict=True)]
+    def _losses(self, goodness: list[Tensor], total: Tensor) -> list[Tensor]:
+        return [self.rule.shared_loss(g, total - g.detach(), self.layers) for g in goodness]
 
     def step(self, x, y: Tensor, upcoming=None) -> None:
         rule, ctx, network = self.rule, self.ctx, self.rule.network
@@ -429,25 +453,21 @@ class SharedGoodnessStage(BlockwiseStage):
             next_rows = None if upcoming is None else network.rows(upcoming) * rule.rows_per_example
             partial = self.channel.recv(rows, next_rows, tag=GOODNESS_TAG)
         h, goodness = self._forward(h_in)
-        before = [g.detach() for g in goodness]
-        for g in before:
-            partial = partial + g
+        for g in goodness:
+            partial = partial + g.detach()
         if ctx.last:
             self.channel.send_signal(partial, rows)
-            self.learn(self._losses(goodness, before, partial))
+            self.learn(self._losses(goodness, partial))
             return
         self.channel.send(h, rows)
         self.channel.send(partial, rows, tag=GOODNESS_TAG)
-        self.pending.append((h_in, rows, before, goodness if self.staleness == 0 else None))
+        self.pending.append((rows, goodness))
         while len(self.pending) > self.staleness:
             self._learn_oldest()
 
     def _learn_oldest(self) -> None:
-        h_in, rows, before, goodness = self.pending.popleft()
-        total = self.channel.recv_signal(rows)
-        if goodness is None:
-            goodness = self._forward(h_in)[1]
-        self.learn(self._losses(goodness, before, total))
+        rows, goodness = self.pending.popleft()
+        self.learn(self._losses(goodness, self.channel.recv_signal(rows)))
 
     def flush(self) -> None:
         while self.pending:
