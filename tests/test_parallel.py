@@ -28,6 +28,13 @@ def rule_tensors(run_dir):
             if k.startswith("rule.")}
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two runs' rule tensors are equal up to float rounding."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_partition_is_contiguous_and_balanced():
     assert partition(5, 2) == [range(0, 3), range(3, 5)]
     assert partition(3, 3) == [range(0, 1), range(1, 2), range(2, 3)]
@@ -52,10 +59,7 @@ def staged_runs(tmp_path_factory):
 
 def test_two_stages_end_with_the_weights_of_one_process(staged_runs):
     one, two, _ = staged_runs
-    a, b = rule_tensors(one), rule_tensors(two)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(rule_tensors(one), rule_tensors(two))
     s1 = json.loads((one / "summary.json").read_text())
     s2 = json.loads((two / "summary.json").read_text())
     assert s2["stages"] == 2 and len(s2["stage_info"]) == 2
@@ -66,9 +70,7 @@ def test_two_stages_end_with_the_weights_of_one_process(staged_runs):
 
 def test_staged_resume_continues_exactly(staged_runs):
     _, two, part = staged_runs
-    a, b = rule_tensors(two), rule_tensors(part)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(rule_tensors(two), rule_tensors(part))
     assert json.loads((part / "stage1.json").read_text())["epoch"] == 1
 
 
@@ -119,10 +121,9 @@ def test_dfa_stages_get_the_output_error_and_match_one_process(tmp_path):
     ]
     for r in results:
         assert r.returncode == 0, r.stderr
-    a, b, c = rule_tensors(one), rule_tensors(two), rule_tensors(late)
-    assert a.keys() == b.keys() == c.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    a, c = rule_tensors(one), rule_tensors(late)
+    assert_same_weights(a, rule_tensors(two))
+    assert a.keys() == c.keys()
     # Staleness changes what is computed: block 0 learns from errors up to 3 batches old.
     assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
                               c["rule.network.blocks.0.body.1.weight"])
@@ -150,10 +151,7 @@ def test_graph_stages_match_one_process(tmp_path, rule, task):
     for r in (cli_env("train", *args, "--out", str(one)),
               cli_env("train", *args, "--stages", "2", "--out", str(two))):
         assert r.returncode == 0, r.stderr
-    a, b = rule_tensors(one), rule_tensors(two)
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(rule_tensors(one), rule_tensors(two))
     s1 = json.loads((one / "summary.json").read_text())
     s2 = json.loads((two / "summary.json").read_text())
     assert s1["test_accuracy"] == s2["test_accuracy"]
@@ -177,10 +175,9 @@ def test_cff_stages_share_goodness_and_match_one_process(tmp_path):
     ]
     for r in results:
         assert r.returncode == 0, r.stderr
-    a, b, c = rule_tensors(one), rule_tensors(three), rule_tensors(late)
-    assert a.keys() == b.keys() == c.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    a, c = rule_tensors(one), rule_tensors(late)
+    assert_same_weights(a, rule_tensors(three))
+    assert a.keys() == c.keys()
     assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
                               c["rule.network.blocks.0.body.1.weight"])
     s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
@@ -193,9 +190,7 @@ def test_ff_with_random_negatives_stages_exactly(tmp_path):
     for r in (cli_env("train", *args, "--out", str(one)),
               cli_env("train", *args, "--stages", "2", "--out", str(two))):
         assert r.returncode == 0, r.stderr
-    a, b = rule_tensors(one), rule_tensors(two)
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert_same_weights(rule_tensors(one), rule_tensors(two))
 
 
 def test_stashed_weights_keep_a_pending_graph_valid_after_an_update():
