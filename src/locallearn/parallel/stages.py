@@ -289,6 +289,10 @@ class BlockwiseStage:
         self._loss_sum, self._updates = None, 0
         return mean
 
+    def rows(self, x) -> int | None:
+        """Rows that cross a stage boundary for batch ``x`` (None for no batch)."""
+        return None if x is None else self.rule.network.rows(x) * self.rule.rows_per_example
+
     def first_input(self, x, y: Tensor) -> Tensor:
         return self.rule.prepare(to_device(x, self.ctx.device), y)
 
@@ -297,10 +301,8 @@ class BlockwiseStage:
         activation, posting the receive of the ``upcoming`` batch (None: epoch's last)."""
         if self.ctx.first:
             return self.first_input(x, y)
-        network, per_example = self.rule.network, self.rule.rows_per_example
-        network.bind(x)
-        return self.channel.recv(network.rows(x) * per_example, None if upcoming is None
-                                 else network.rows(upcoming) * per_example)
+        self.rule.network.bind(x)
+        return self.channel.recv(self.rows(x), self.rows(upcoming))
 
     def step(self, x, y: Tensor, upcoming=None) -> None:
         """One micro-batch. Every stage has its own copy of the batch ``x`` (on the CPU)
@@ -313,76 +315,13 @@ class BlockwiseStage:
             if rule.block_learns(k):
                 losses.append(rule.block_loss(k, h, y))
         if not ctx.last:
-            self.channel.send(h, rule.network.rows(x) * rule.rows_per_example)
+            self.channel.send(h, self.rows(x))
         elif rule.head_learns:
             losses.append(rule.head_loss(h, y))
         self.learn(losses)
 
     def flush(self) -> None:
         """End of epoch: finish what is in flight."""
-        self.channel.flush()
-
-
-class ErrorBroadcastStage(BlockwiseStage):
-    """A stage of an error-broadcast rule (dfa): forward now, learn when the error arrives.
-
-    Earlier stages keep up to ``staleness`` micro-batches whose error has not arrived
-    yet; with ``staleness=0`` they wait for it, so no weight changes between a block's
-    forward and its update (exact). With ``staleness>0`` a stage keeps each pending
-    micro-batch's forward graph, with the weights it ran with (:func:`stashed_weights`),
-    and when the error arrives applies that gradient to its current weights: the
-    gradient is up to ``staleness`` updates old, as in asynchronous pipelines.
-    """
-
-    def __init__(self, rule: ErrorBroadcastRule, ctx: StageContext, channel: ActivationChannel,
-                 optimizers, staleness: int = 0) -> None:
-        super().__init__(rule, ctx, channel, optimizers)
-        self.staleness = staleness
-        self.pending: deque = deque()  # (labels, rows, block outputs)
-
-    def _forward(self, h: Tensor) -> list[tuple[int, Tensor]]:
-        outputs = []
-        with stashed_weights(self.staleness > 0 and not self.ctx.last):
-            for k in self.ctx.blocks:
-                h = self.rule.network.blocks[k](h.detach())
-                outputs.append((k, h))
-        return outputs
-
-    def _losses(self, outputs, signal: Tensor, y: Tensor) -> list[Tensor]:
-        blocks = self.rule.network.blocks
-        return [self.rule.signal_loss(k, h_k, signal, y) for k, h_k in outputs
-                if blocks[k].trainable]
-
-    def first_input(self, x, y: Tensor) -> Tensor:
-        return to_device(x, self.ctx.device)
-
-    def step(self, x, y: Tensor, upcoming=None) -> None:
-        rule, ctx = self.rule, self.ctx
-        h_in = self.stage_input(x, y, upcoming)
-        outputs = self._forward(h_in)
-        h = outputs[-1][1] if outputs else h_in
-        rows = rule.network.rows(x)
-        if ctx.last:
-            scores, signal = rule.error_signal(h, y)
-            self.channel.send_signal(signal, rows)
-            losses = self._losses(outputs, signal, y)
-            if any(p.requires_grad for p in rule.network.head.parameters()):
-                losses.append(rule.head_loss(scores, y))
-            self.learn(losses)
-            return
-        self.channel.send(h, rows)
-        self.pending.append((y, rows, outputs))
-        while len(self.pending) > self.staleness:
-            self._learn_oldest()
-
-    def _learn_oldest(self) -> None:
-        y, rows, outputs = self.pending.popleft()
-        signal = self.channel.recv_signal(rows)
-        self.learn(self._losses(outputs, signal, y))
-
-    def flush(self) -> None:
-        while self.pending:
-            self._learn_oldest()
         self.channel.flush()
 
 
@@ -409,10 +348,97 @@ def stashed_weights(active: bool = True) -> Iterator[None]:
         yield
 
 
+class SignalStage(BlockwiseStage):
+    """A stage that learns only when a signal from the last stage arrives.
+
+    Every stage but the last keeps its micro-batches' forward graphs until their signal
+    comes back, at most ``staleness`` of them beyond the one in hand. With staleness > 0
+    its weights change while graphs wait, so those graphs are built with
+    :func:`stashed_weights`. Subclasses say what a pending entry holds and how it learns
+    (:meth:`_learn_oldest`).
+    """
+
+    def __init__(self, rule: Rule, ctx: StageContext, channel: ActivationChannel,
+                 optimizers, staleness: int = 0) -> None:
+        super().__init__(rule, ctx, channel, optimizers)
+        self.staleness = staleness
+        self.pending: deque = deque()
+
+    def stash(self):
+        """Context for this stage's forward pass (see :func:`stashed_weights`)."""
+        return stashed_weights(self.staleness > 0 and not self.ctx.last)
+
+    def defer(self, entry: tuple) -> None:
+        """Keep a micro-batch until its signal arrives; learn from the oldest past the bound."""
+        self.pending.append(entry)
+        while len(self.pending) > self.staleness:
+            self._learn_oldest()
+
+    def _learn_oldest(self) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        while self.pending:
+            self._learn_oldest()
+        self.channel.flush()
+
+
+class ErrorBroadcastStage(SignalStage):
+    """A stage of an error-broadcast rule (dfa): forward now, learn when the error arrives.
+
+    Earlier stages keep up to ``staleness`` micro-batches whose error has not arrived
+    yet; with ``staleness=0`` they wait for it, so no weight changes between a block's
+    forward and its update (exact). With ``staleness>0`` a stage keeps each pending
+    micro-batch's forward graph, with the weights it ran with (:func:`stashed_weights`),
+    and when the error arrives applies that gradient to its current weights: the
+    gradient is up to ``staleness`` updates old, as in asynchronous pipelines.
+    """
+
+    # A pending entry: (labels, rows, block outputs).
+
+    def _forward(self, h: Tensor) -> list[tuple[int, Tensor]]:
+        outputs = []
+        with self.stash():
+            for k in self.ctx.blocks:
+                h = self.rule.network.blocks[k](h.detach())
+                outputs.append((k, h))
+        return outputs
+
+    def _losses(self, outputs, signal: Tensor, y: Tensor) -> list[Tensor]:
+        blocks = self.rule.network.blocks
+        return [self.rule.signal_loss(k, h_k, signal, y) for k, h_k in outputs
+                if blocks[k].trainable]
+
+    def first_input(self, x, y: Tensor) -> Tensor:
+        return to_device(x, self.ctx.device)
+
+    def step(self, x, y: Tensor, upcoming=None) -> None:
+        rule, ctx = self.rule, self.ctx
+        h_in = self.stage_input(x, y, upcoming)
+        outputs = self._forward(h_in)
+        h = outputs[-1][1] if outputs else h_in
+        rows = self.rows(x)
+        if ctx.last:
+            scores, signal = rule.error_signal(h, y)
+            self.channel.send_signal(signal, rows)
+            losses = self._losses(outputs, signal, y)
+            if any(p.requires_grad for p in rule.network.head.parameters()):
+                losses.append(rule.head_loss(scores, y))
+            self.learn(losses)
+            return
+        self.channel.send(h, rows)
+        self.defer((y, rows, outputs))
+
+    def _learn_oldest(self) -> None:
+        y, rows, outputs = self.pending.popleft()
+        signal = self.channel.recv_signal(rows)
+        self.learn(self._losses(outputs, signal, y))
+
+
 GOODNESS_TAG = 1  # the forward stream of goodness summed over earlier layers
 
 
-class SharedGoodnessStage(BlockwiseStage):
+class SharedGoodnessStage(SignalStage):
     """A stage of cff, whose layer losses need the goodness of every layer.
 
     The goodness summed over earlier layers travels forward beside the activation; the
@@ -425,14 +451,13 @@ class SharedGoodnessStage(BlockwiseStage):
 
     def __init__(self, rule: BlockwiseRule, ctx: StageContext, channel: ActivationChannel,
                  optimizers, staleness: int = 0) -> None:
-        super().__init__(rule, ctx, channel, optimizers)
-        self.staleness = staleness
+        super().__init__(rule, ctx, channel, optimizers, staleness)
         self.layers = sum(b.trainable for b in rule.network.blocks)
-        self.pending: deque = deque()  # (rows, own layers' goodness)
+        # A pending entry: (rows, own layers' goodness).
 
     def _forward(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
         rule, goodness = self.rule, []
-        with stashed_weights(self.staleness > 0 and not self.ctx.last):
+        with self.stash():
             for k in self.ctx.blocks:
                 block = rule.network.blocks[k]
                 h = block(rule.block_input(k, h))
@@ -444,14 +469,13 @@ class SharedGoodnessStage(BlockwiseStage):
         return [self.rule.shared_loss(g, total - g.detach(), self.layers) for g in goodness]
 
     def step(self, x, y: Tensor, upcoming=None) -> None:
-        rule, ctx, network = self.rule, self.ctx, self.rule.network
+        ctx = self.ctx
         h_in = self.stage_input(x, y, upcoming)
-        rows = network.rows(x) * rule.rows_per_example
+        rows = self.rows(x)
         if ctx.first:
             partial = torch.zeros(rows, device=ctx.device)
         else:
-            next_rows = None if upcoming is None else network.rows(upcoming) * rule.rows_per_example
-            partial = self.channel.recv(rows, next_rows, tag=GOODNESS_TAG)
+            partial = self.channel.recv(rows, self.rows(upcoming), tag=GOODNESS_TAG)
         h, goodness = self._forward(h_in)
         for g in goodness:
             partial = partial + g.detach()
@@ -461,18 +485,11 @@ class SharedGoodnessStage(BlockwiseStage):
             return
         self.channel.send(h, rows)
         self.channel.send(partial, rows, tag=GOODNESS_TAG)
-        self.pending.append((rows, goodness))
-        while len(self.pending) > self.staleness:
-            self._learn_oldest()
+        self.defer((rows, goodness))
 
     def _learn_oldest(self) -> None:
         rows, goodness = self.pending.popleft()
         self.learn(self._losses(goodness, self.channel.recv_signal(rows)))
-
-    def flush(self) -> None:
-        while self.pending:
-            self._learn_oldest()
-        self.channel.flush()
 
 
 def make_stage(rule: Rule, ctx: StageContext, channel: ActivationChannel, optimizers,
