@@ -35,6 +35,30 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
+def train_ok(*args, out) -> dict:
+    """``locallearn train ARGS --out OUT`` must succeed; its summary."""
+    r = cli_env("train", *args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+def exact_and_stale(tmp_path, args, stages: int, staleness: int) -> tuple[dict, dict]:
+    """Train in one process, in ``stages`` stages with staleness 0, and in 2 stages with
+    ``staleness``: the exact run ends with one process's weights, the stale one does not
+    (block 0 learns from signals up to ``staleness`` micro-batches old). The summaries of
+    the one-process and the stale run."""
+    one, exact, late = tmp_path / "one", tmp_path / "exact", tmp_path / "late"
+    s1 = train_ok(*args, out=one)
+    train_ok(*args, "--stages", str(stages), out=exact)
+    s_late = train_ok(*args, "--stages", "2", "--staleness", str(staleness), out=late)
+    a, c = rule_tensors(one), rule_tensors(late)
+    assert_same_weights(a, rule_tensors(exact))
+    assert a.keys() == c.keys()
+    assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
+                              c["rule.network.blocks.0.body.1.weight"])
+    return s1, s_late
+
+
 def test_partition_is_contiguous_and_balanced():
     assert partition(5, 2) == [range(0, 3), range(3, 5)]
     assert partition(3, 3) == [range(0, 1), range(1, 2), range(2, 3)]
@@ -112,22 +136,7 @@ DFA_ARGS = [a if a != "mono-forward" else "dfa" for a in ARGS]
 def test_dfa_stages_get_the_output_error_and_match_one_process(tmp_path):
     """dfa sends its output error back to earlier stages: exact with staleness 0,
     and still learning when a stage may run 3 micro-batches ahead of its error."""
-    one, two, late = tmp_path / "one", tmp_path / "two", tmp_path / "late"
-    results = [
-        cli_env("train", *DFA_ARGS, "--epochs", "6", "--out", str(one)),
-        cli_env("train", *DFA_ARGS, "--epochs", "6", "--stages", "3", "--out", str(two)),
-        cli_env("train", *DFA_ARGS, "--epochs", "6", "--stages", "2", "--staleness", "3",
-                "--out", str(late)),
-    ]
-    for r in results:
-        assert r.returncode == 0, r.stderr
-    a, c = rule_tensors(one), rule_tensors(late)
-    assert_same_weights(a, rule_tensors(two))
-    assert a.keys() == c.keys()
-    # Staleness changes what is computed: block 0 learns from errors up to 3 batches old.
-    assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
-                              c["rule.network.blocks.0.body.1.weight"])
-    s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
+    s1, s3 = exact_and_stale(tmp_path, [*DFA_ARGS, "--epochs", "6"], stages=3, staleness=3)
     assert s3["staleness"] == 3 and s3["stages"] == 2
     assert s1["test_accuracy"] > 0.7 and s3["test_accuracy"] > 0.7
 
@@ -148,12 +157,9 @@ def test_graph_stages_match_one_process(tmp_path, rule, task):
     args = ["--rule", rule, "--data", "csbm", "--task", task, "--net", "gcn:16,16",
             "--epochs", "3", "--seed", "1", "--quiet"]
     one, two = tmp_path / "one", tmp_path / "two"
-    for r in (cli_env("train", *args, "--out", str(one)),
-              cli_env("train", *args, "--stages", "2", "--out", str(two))):
-        assert r.returncode == 0, r.stderr
+    s1 = train_ok(*args, out=one)
+    s2 = train_ok(*args, "--stages", "2", out=two)
     assert_same_weights(rule_tensors(one), rule_tensors(two))
-    s1 = json.loads((one / "summary.json").read_text())
-    s2 = json.loads((two / "summary.json").read_text())
     assert s1["test_accuracy"] == s2["test_accuracy"]
 
 
@@ -165,31 +171,16 @@ def test_cff_stages_share_goodness_and_match_one_process(tmp_path):
     """cff's layers need every layer's goodness: the sum travels forward with the
     activation and back from the last stage. Exact with staleness 0 (3 stages); with
     staleness 2 a stage uses the others' goodness up to 2 micro-batches late and learns."""
-    one, three, late = tmp_path / "one", tmp_path / "three", tmp_path / "late"
-    results = [
-        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--out", str(one)),
-        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--stages", "3",
-                "--out", str(three)),
-        cli_env("train", "--rule", "cff", *FF_ARGS, "--epochs", "8", "--stages", "2",
-                "--staleness", "2", "--out", str(late)),
-    ]
-    for r in results:
-        assert r.returncode == 0, r.stderr
-    a, c = rule_tensors(one), rule_tensors(late)
-    assert_same_weights(a, rule_tensors(three))
-    assert a.keys() == c.keys()
-    assert not torch.allclose(a["rule.network.blocks.0.body.1.weight"],
-                              c["rule.network.blocks.0.body.1.weight"])
-    s1, s3 = (json.loads((d / "summary.json").read_text()) for d in (one, late))
+    s1, s3 = exact_and_stale(tmp_path, ["--rule", "cff", *FF_ARGS, "--epochs", "8"],
+                             stages=3, staleness=2)
     assert s1["test_accuracy"] > 0.75 and s3["test_accuracy"] > 0.75  # chance: 0.1
 
 
 def test_ff_with_random_negatives_stages_exactly(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["--rule", "ff", *FF_ARGS, "--set", "rule.predict=goodness", "--epochs", "2"]
-    for r in (cli_env("train", *args, "--out", str(one)),
-              cli_env("train", *args, "--stages", "2", "--out", str(two))):
-        assert r.returncode == 0, r.stderr
+    train_ok(*args, out=one)
+    train_ok(*args, "--stages", "2", out=two)
     assert_same_weights(rule_tensors(one), rule_tensors(two))
 
 
