@@ -422,7 +422,7 @@ class ErrorBroadcastStage(SignalStage):
             scores, signal = rule.error_signal(h, y)
             self.channel.send_signal(signal, rows)
             losses = self._losses(outputs, signal, y)
-            if any(p.requires_grad for p in rule.network.head.parameters()):
+            if rule.head_learns:
                 losses.append(rule.head_loss(scores, y))
             self.learn(losses)
             return

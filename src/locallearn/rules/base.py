@@ -292,6 +292,11 @@ class ErrorBroadcastRule(Rule):
     def head_loss(self, scores: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(scores, y)
 
+    @property
+    def head_learns(self) -> bool:
+        """Whether the head has parameters to learn (a link head scoring pairs has none)."""
+        return any(p.requires_grad for p in self.network.head.parameters())
+
     # Block losses share no graph nodes (inputs are detached), so the loop may backward
     # each as it is yielded: block k's graph and its projected error are freed before
     # block k+1's error is made. All block outputs still live until the error exists.
@@ -310,5 +315,5 @@ class ErrorBroadcastRule(Rule):
             h_k, outputs[k] = outputs[k], None
             if block.trainable:
                 yield self.signal_loss(k, h_k, signal, y)
-        if any(p.requires_grad for p in self.network.head.parameters()):
+        if self.head_learns:
             yield self.head_loss(scores, y)
