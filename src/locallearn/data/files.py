@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import pickle
 import struct
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 from locallearn.data import DATASETS
 from locallearn.data.base import Dataset, RawData, split_and_normalise
+from locallearn.data.safe_pickle import NUMPY, safe_load
 from locallearn.errors import UserError
 
 DEFAULT_DATA_DIR = "data"
@@ -145,24 +145,10 @@ def fashion_mnist(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Da
 
 # -- CIFAR python pickles -----------------------------------------------------
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles dicts, lists, strings and NumPy arrays only: a data file may not run code."""
-
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("builtins", "bytes"),
-               ("_codecs", "encode")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
 def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+            batch = safe_load(f, NUMPY, encoding="bytes")
     except Exception as exc:  # pickle raises many error types for a damaged file
         raise UserError(f"cannot read {path} as a CIFAR python batch ({type(exc).__name__}: "
                         f"{exc}); fetch the python version of the dataset again") from None

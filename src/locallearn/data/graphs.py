@@ -385,16 +385,19 @@ def read_planetoid(paths: dict[str, Path]) -> tuple[Tensor, Tensor, Tensor]:
     """Planetoid's ind.* files: pickled ``allx``/``tx`` feature matrices and ``ally``/``ty``
     one-hot labels, the ``graph`` adjacency dict and the test node ids. Test ids missing
     from the file (CiteSeer's isolated nodes) get zero features and label 0."""
-    import pickle
-
     import numpy as np
 
+    from locallearn.data.safe_pickle import PLANETOID, safe_load
+
     def load(part: str) -> Any:
+        # Through the allow-list: a crafted ind.* file (or a run folder naming a data_dir
+        # inside itself) may describe arrays and matrices but never call anything else.
         with open(paths[part], "rb") as f:
-            obj = pickle.load(f, encoding="latin1")  # the files were written by Python 2
-        return obj
+            return safe_load(f, PLANETOID, encoding="latin1")  # written by Python 2
 
     def dense(m: Any) -> Tensor:
+        if not (isinstance(m, np.ndarray) or hasattr(m, "todense")):
+            raise UserError(f"planetoid file holds a {type(m).__name__}, expected a matrix")
         m = m.todense() if hasattr(m, "todense") else m
         return torch.as_tensor(np.asarray(m), dtype=torch.float32)
 
@@ -410,6 +413,9 @@ def read_planetoid(paths: dict[str, Path]) -> tuple[Tensor, Tensor, Tensor]:
     x[: allx.shape[0]], labels[: allx.shape[0]] = allx, ally
     x[test_index], labels[test_index] = tx, ty  # row i of tx is node test_index[i]
     graph = load("graph")
+    if not isinstance(graph, dict):
+        raise UserError(f"{paths['graph']} holds a {type(graph).__name__}, expected the "
+                        f"adjacency dict of Planetoid")
     pairs = [(int(u), int(v)) for u, vs in graph.items() for v in vs]
     edge_index = torch.tensor(pairs, dtype=torch.long).t() if pairs else \
         torch.empty(2, 0, dtype=torch.long)
