@@ -228,3 +228,33 @@ def test_streamed_ff_losses_equal_the_summed_ones(digits):
     for a, b in zip(grads, [p.grad for p in rule.parameters() if p.grad is not None],
                     strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("predict", ["goodness", "readout"])
+def test_refilled_input_buffer_gets_its_own_predictions(digits, predict):
+    """One input tensor filled in place with two batches: each gets its own answers
+    (predict, block_scores, the evaluation loop's pair, early exit)."""
+    from locallearn.anytime.exits import Anytime
+
+    torch.manual_seed(0)
+    net = create_network("mlp:32,32", digits.input_shape, digits.num_classes)
+    rule = create_rule("ff", net, digits.task, predict=predict).eval()
+    a, b = digits.test.x[:64], digits.test.x[64:128]
+    buffer = a.clone()
+    anytime = Anytime(rule, probe=buffer)
+    with torch.no_grad():
+        fresh = {name: [rule.predict(x), rule.block_scores(x), anytime.all_scores(x)]
+                 for name, x in (("a", a.clone()), ("b", b.clone()))}
+    with torch.no_grad():
+        for name, batch in (("a", a), ("b", b)):
+            buffer.copy_(batch)  # same tensor object, new data
+            pred, blocks = rule.predict_with_blocks(buffer)
+            torch.testing.assert_close(rule.predict(buffer), fresh[name][0])
+            torch.testing.assert_close(pred, fresh[name][0])
+            for mine, ref in zip(rule.block_scores(buffer), fresh[name][1], strict=True):
+                torch.testing.assert_close(mine, ref)
+            for mine, ref in zip(blocks, fresh[name][1], strict=True):
+                torch.testing.assert_close(mine, ref)
+            for mine, ref in zip(anytime.all_scores(buffer), fresh[name][2], strict=True):
+                torch.testing.assert_close(mine, ref)
+    assert not torch.allclose(fresh["a"][0], fresh["b"][0])  # the batches differ

@@ -182,7 +182,6 @@ class NoPropRule(Rule):
         # The head of the given network has no role in NoProp (see module docstring).
         if network.head is not None:
             network.head.requires_grad_(False)
-        self._cache: tuple[Tensor, list[Tensor]] | None = None
         self._draws = 0
 
     def set_inference_steps(self, n: int) -> None:
@@ -190,7 +189,6 @@ class NoPropRule(Rule):
         if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
             raise UserError(f"{self.name} inference_steps must be a positive integer, got {n!r}")
         self.inference_steps = n
-        self._cache = None
 
     def make_denoiser(self, fresh: bool, out: int, time_dim: int = 0) -> Denoiser:
         blocks = fresh_copy(self.network.blocks) if fresh else self.network.blocks
@@ -241,25 +239,17 @@ class NoPropRule(Rule):
         self._draws = 0
         return self.trajectory(x)
 
-    def train(self, mode: bool = True) -> NoPropRule:
-        self._cache = None
-        return super().train(mode)
-
     def predict(self, x: Tensor) -> Tensor:
-        scores = self._run(x)
-        # The loop asks for block_scores(x) right after predict(x) on the same batch, in
-        # eval mode; the cache is dropped by train(), set_inference_steps() and any use.
-        self._cache = None if self.training else (x, scores)
-        return scores[-1]
+        return self._run(x)[-1]
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
         """Class scores after each inference step (per-step accuracy in the summary)."""
-        if self._cache is not None and self._cache[0] is x:
-            scores = self._cache[1]
-        else:
-            scores = self._run(x)
-        self._cache = None
-        return scores
+        return self._run(x)
+
+    def predict_with_blocks(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        # One trajectory for both answers; nothing is cached across calls.
+        scores = self._run(x)
+        return scores[-1], scores
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))

@@ -116,6 +116,12 @@ class Rule(nn.Module):
         """Class scores from each block's own readout, or None if the rule has none."""
         return None
 
+    def predict_with_blocks(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
+        """``(predict(x), block_scores(x))`` of one batch. Rules whose two answers share
+        work (FF's per-label passes, NoProp's trajectory) override this to compute it
+        once; nothing is cached across calls, so a reused input buffer is always read."""
+        return self.predict(x), self.block_scores(x)
+
     # -- helpers for subclasses -------------------------------------------
     def block_groups(self, extra: dict[int, list[nn.Module]] | None = None) -> list[ParamGroup]:
         """One group per block (plus modules in ``extra[k]``), then the head."""

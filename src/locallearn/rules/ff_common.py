@@ -368,23 +368,18 @@ class GoodnessRule(BlockwiseRule):
         return torch.stack([per_layer[k] for k in self.used_layers]).sum(0)
 
     def block_scores(self, x: Tensor) -> list[Tensor]:
-        return self._cached_label_goodness(x)
+        return self.label_goodness(x)
 
     def predict(self, x: Tensor) -> Tensor:
         if self.predict_with == "readout":
             return self.readout(self.normalised_features(x))
-        return self.accumulate(self._cached_label_goodness(x))
+        return self.accumulate(self.label_goodness(x))
 
-    def _cached_label_goodness(self, x: Tensor) -> list[Tensor]:
-        # evaluate() asks for predict(x) and block_scores(x) on the same batch in
-        # eval mode: compute the per-label passes once.
-        cache = getattr(self, "_goodness_cache", None)
-        if cache is not None and cache[0] is x and not self.training:
-            return cache[1]
-        scores = self.label_goodness(x)
-        self._goodness_cache = (x, scores) if not self.training else None
-        return scores
-
-    def train(self, mode: bool = True) -> Any:
-        self._goodness_cache = None
-        return super().train(mode)
+    def predict_with_blocks(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        # Evaluation wants both on the same batch: run the per-label passes once. No
+        # cache across calls (one keyed on the input tensor's identity answered a
+        # reused, refilled input buffer with the previous batch's predictions).
+        per_layer = self.label_goodness(x)
+        if self.predict_with == "readout":
+            return self.readout(self.normalised_features(x)), per_layer
+        return self.accumulate(per_layer), per_layer

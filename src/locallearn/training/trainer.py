@@ -100,14 +100,13 @@ def evaluate(rule: Rule, loader, device: torch.device, per_block: bool = True) -
     block_correct: list[int] | None = None
     for x, y in loader:
         x, y = to_device(x, device), to_device(y, device)
-        c, n = count_correct(rule.predict(x), y)
+        pred, scores = rule.predict_with_blocks(x) if per_block else (rule.predict(x), None)
+        c, n = count_correct(pred, y)
         correct, total = correct + c, total + n
-        if per_block:
-            scores = rule.block_scores(x)
-            if scores is not None:
-                counts = [count_correct(s, y)[0] for s in scores]
-                block_correct = counts if block_correct is None else [
-                    a + b for a, b in zip(block_correct, counts, strict=True)]
+        if scores is not None:
+            counts = [count_correct(s, y)[0] for s in scores]
+            block_correct = counts if block_correct is None else [
+                a + b for a, b in zip(block_correct, counts, strict=True)]
     rule.train(was_training)
     total = max(total, 1)
     return {
