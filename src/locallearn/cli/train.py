@@ -66,7 +66,7 @@ def stored_settings(out: Path) -> dict:
         raise UserError(f"cannot resume: {path} is damaged (not a JSON object); "
                         f"start again with --overwrite") from None
     keep = {k: v for k, v in cfg.get("train", {}).items()
-            if k in FLAG_KEYS and k not in ("device",)}
+            if k in (*FLAG_KEYS, "freeze_blocks") and k not in ("device",)}
     for k in ("rule", "data", "net", "data_dir", "rule_options", "data_options", "net_options"):
         if cfg.get(k) is not None:
             keep[k] = cfg[k]

@@ -141,6 +141,10 @@ class Rule(nn.Module):
                 groups.append(ParamGroup("head", params))
         return groups
 
+    def block_modules(self) -> list[nn.Module]:
+        """The modules ``freeze_blocks`` keeps at their random initialisation."""
+        return list(self.network.blocks)
+
     def extra_state(self) -> dict[str, Any]:
         """JSON-serialisable state beyond tensors (saved in checkpoints)."""
         return {}

@@ -108,6 +108,10 @@ class NoPropDT(NoPropRule):
         self.register_buffer("weights", self.steps / 2 * self.eta * (snr[1:] - snr[:-1]),
                              persistent=False)
 
+    def block_modules(self) -> list[nn.Module]:
+        # Each denoising block reads the input through its own copy of the network's blocks.
+        return [b.features for b in self.blocks]
+
     def param_groups(self) -> list[ParamGroup]:
         groups = [ParamGroup(f"block{t}", [p for p in b.parameters() if p.requires_grad])
                   for t, b in enumerate(self.blocks)]

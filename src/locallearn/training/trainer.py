@@ -27,6 +27,7 @@ from locallearn.training.checkpoint import (
     save_checkpoint,
     unflatten_optimizer,
 )
+from locallearn.training.freeze import freeze_blocks, trainable_groups
 from locallearn.training.optim import make_optimizer, make_schedule, plan_schedule
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json",
@@ -53,6 +54,8 @@ class TrainConfig:
     measure_memory: bool = True
     eval_batch_size: int = 1024
     early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
+    # The frozen control: blocks keep their random init; only head/readouts learn.
+    freeze_blocks: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
 
     def validate(self) -> None:
@@ -308,6 +311,7 @@ class Trainer:
             "samples_per_second": samples_seen / train_seconds if train_seconds > 0 else None,
             **measured,
             "stopped_early": stopped_early,
+            "freeze_blocks": cfg.freeze_blocks,
             "num_parameters": sum(p.numel() for p in rule.parameters()),
             "device": str(self.device),
             "torch_version": torch.__version__,
@@ -338,14 +342,19 @@ class Trainer:
         return evaluate(rule, dataset.loader(split, self.config.eval_batch_size), self.device)
 
     def make_optimizers(self, rule: Rule) -> list[torch.optim.Optimizer]:
-        """One optimiser per parameter group, group options over the run's settings."""
+        """One optimiser per parameter group, group options over the run's settings.
+
+        With ``freeze_blocks`` the blocks are frozen first and groups left empty get none.
+        """
         cfg = self.config
+        if cfg.freeze_blocks:
+            freeze_blocks(rule)
         return [
             make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
                            lr=g.options.get("lr", cfg.lr),
                            weight_decay=g.options.get("weight_decay", cfg.weight_decay),
                            momentum=cfg.momentum)
-            for g in rule.param_groups()
+            for g in trainable_groups(rule)
         ]
 
     def _step(self, rule: Rule, optimizers, x, y) -> Tensor:
@@ -363,10 +372,13 @@ class Trainer:
             for opt in optimizers:
                 opt.step()
             rule.after_step()
-            return torch.stack(streamed)
+            return torch.stack(streamed) if streamed else torch.zeros(0)
         losses = rule.losses(x, y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        if not losses:  # nothing left to learn (e.g. cff with its blocks frozen)
+            rule.after_step()
+            return torch.zeros(0)
         total = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
         if total.requires_grad:
             total.backward()
