@@ -90,6 +90,15 @@ class ConvFA(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None, None, None, None, None
 
 
+def init_like(weight: Tensor) -> Tensor:
+    """A fresh random tensor of ``weight``'s shape, drawn as torch draws W at init
+    (kaiming-uniform, a=sqrt(5)), so a feedback path built from it carries signals at
+    the scale W^T would."""
+    b = torch.empty_like(weight, requires_grad=False)
+    nn.init.kaiming_uniform_(b, a=math.sqrt(5))
+    return b
+
+
 def _expand(value, dims: int) -> list[int]:
     return list(value) if isinstance(value, (tuple, list)) else [int(value)] * dims
 
@@ -142,18 +151,18 @@ class FeedbackAlignment(Rule):
     # 40 epochs: mnist1d cnn 0.801 at 20, 0.840 at 40 (seed 0); mnist5k 0.922 at 20.
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     needs_gradient_through_blocks = True
+    # Whether each weight layer holds a fixed random tensor of W's shape (fa: B itself;
+    # frsf: B's magnitudes). usf and brsf draw nothing fixed.
+    keeps_random_feedback = True
 
     def __init__(self, network: Network, task: Task) -> None:
         super().__init__(network, task)
         self.layers = [m for m in network.modules() if isinstance(m, WEIGHT_LAYERS)]
         if not self.layers:
-            raise UserError("fa needs linear or convolution layers to replace W^T with B")
-        for i, layer in enumerate(self.layers):
-            b = torch.empty_like(layer.weight, requires_grad=False)
-            # Same distribution as torch's default init of W (kaiming-uniform, a=sqrt(5)),
-            # so B carries signals at the scale W^T would.
-            nn.init.kaiming_uniform_(b, a=math.sqrt(5))
-            self.register_buffer(f"feedback{i}", b)
+            raise UserError(f"{self.name} needs linear or convolution layers to replace W^T with B")
+        if self.keeps_random_feedback:
+            for i, layer in enumerate(self.layers):
+                self.register_buffer(f"feedback{i}", init_like(layer.weight))
 
     def feedback(self, i: int) -> Tensor:
         """B for the i-th weight layer (in ``network.modules()`` order), fixed."""
@@ -163,6 +172,7 @@ class FeedbackAlignment(Rule):
         return [ParamGroup("network", [p for p in self.network.parameters() if p.requires_grad])]
 
     def feedback_mode(self) -> FeedbackAlignmentMode:
+        """Routes the network's layers through their feedback tensors (read once, here)."""
         return FeedbackAlignmentMode({id(layer.weight): self.feedback(i)
                                       for i, layer in enumerate(self.layers)})
 
