@@ -40,24 +40,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from locallearn.errors import UserError
-from locallearn.rules.base import BlockwiseRule, Rule
+from locallearn.rules.base import Rule
 
 # Thresholds of the sweep: dense near 1 because softmax readouts saturate.
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995,
               0.998, 0.999, 0.9995, 0.9999, 0.99999, 1.01)
 # "Within 1 point of full depth": the tolerance used to pick the operating threshold.
 TOLERANCE = 0.01
-
-
-def _has_block_readout(rule: Rule) -> bool:
-    return (isinstance(rule, BlockwiseRule)
-            and type(rule).block_readout is not BlockwiseRule.block_readout)
-
-
-def _goodness_rule(rule: Rule) -> bool:
-    from locallearn.rules.ff_common import GoodnessRule
-
-    return isinstance(rule, GoodnessRule)
 
 
 class Anytime:
@@ -71,21 +60,14 @@ class Anytime:
         self.rule = rule
         self.num_blocks = len(rule.network.blocks)
         self.readout_modules: list[nn.Module] | None = None
-        own = getattr(rule, "_anytime", None)  # set on pruned models (see prune.py)
+        own = rule.cut_readout  # set on pruned models (see prune.py)
         if own is not None:
             self.mode, self.readout_modules = own.mode, own.readout_modules
             self.confidence_kind = own.confidence_kind
             return
-        self.confidence_kind = "goodness-margin" if _goodness_rule(rule) else "softmax"
-        modules = None
-        if _goodness_rule(rule):
-            candidates = ["goodness"]
-        else:
-            modules = self._find_readouts(rule)
-            candidates = ["readout"] if modules is not None else []
-            if _has_block_readout(rule):
-                candidates.append("block-readout")
-            candidates.append("features")
+        self.confidence_kind = rule.exit_confidence
+        candidates = rule.readout_paths()
+        modules = rule.readout_modules() if "readout" in candidates else None
         # The first block-by-block path that reproduces block_scores on the probe wins;
         # without a probe the first is trusted. None matching: every block at once.
         for mode in candidates:
@@ -95,25 +77,6 @@ class Anytime:
                 break
         else:
             self.mode, self.readout_modules = "full", None
-
-    @staticmethod
-    def _find_readouts(rule: Rule) -> list[nn.Module] | None:
-        """Block k's readout module (the first with weights), from a block-wise rule's readouts."""
-        if not isinstance(rule, BlockwiseRule):
-            return None
-        readouts, last = rule.readouts(), len(rule.network.blocks) - 1
-        modules = []
-        for k in range(last + 1):
-            mods = list(readouts.get(k, []))
-            if k == last and rule.head_in_last_block and rule.network.head is not None:
-                mods.append(rule.network.head)
-            # Parameter-free entries (e.g. an unused similarity branch) are not readouts;
-            # of several, the first is taken (and checked on the probe batch).
-            mods = [m for m in mods if any(True for _ in m.parameters())]
-            if not mods:
-                return None
-            modules.append(mods[0])
-        return modules
 
     @torch.no_grad()
     def _check(self, probe: Tensor) -> bool:

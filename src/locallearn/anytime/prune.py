@@ -56,7 +56,7 @@ def apply_prune(rule: Rule, skip: list[int], exit: int | None) -> None:
     drop_modules(rule, [m for m in unused if all(m is not u for u in used)])
     rule.network.blocks = nn.ModuleList(list(blocks[: exit + 1]))
     anytime.num_blocks = exit + 1
-    rule._anytime = anytime
+    rule.cut_readout = anytime
 
     def predict(x: Tensor) -> Tensor:
         return anytime.all_scores(x)[-1]

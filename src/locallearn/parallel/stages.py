@@ -23,9 +23,12 @@ stage in one message per micro-batch; with ``staleness=0`` a stage waits for the
 error of micro-batch ``t`` before it goes on (exact: the same weights as one
 process), with ``staleness=k`` it may run up to ``k`` micro-batches ahead and
 apply each error when it arrives (the update then uses the stored input and the
-stage's current weights: the error is up to ``k`` micro-batches old). Rules that
-couple blocks in other ways (cff's other-layer goodness, pepita's second pass,
-backprop) are refused with a one-line error.
+stage's current weights: the error is up to ``k`` micro-batches old). cff (its
+``staging`` is ``shared-signal``) passes the goodness summed over earlier layers
+forward and gets the total back the same way. Which loop a rule gets is its declared
+:attr:`~locallearn.rules.base.Rule.staging`; rules that couple blocks in other ways
+(pepita's second pass, backprop, ccl's feedback network) declare ``none`` with the
+reason, and are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from locallearn.errors import UserError
-from locallearn.rules.base import BlockwiseRule, ErrorBroadcastRule, ParamGroup, Rule
+from locallearn.rules.base import BlockwiseRule, ParamGroup, Rule, Staging
 from locallearn.training.trainer import to_device
 
 HEADER_DIMS = 8  # header sent before a boundary's first activation: dtype, ndim, sizes
@@ -68,16 +71,13 @@ def check_stageable(rule: Rule, staleness: int = 0) -> None:
     """Refuse rules that cannot be staged, and a staleness that means nothing for the rule."""
     if staleness < 0:
         raise UserError(f"--staleness must be >= 0, got {staleness}")
-    if isinstance(rule, ErrorBroadcastRule):
-        return
-    if not isinstance(rule, BlockwiseRule) or not getattr(rule, "stageable", True):
-        hint = getattr(rule, "stage_hint", "it couples blocks beyond a forward activation "
-                                           "and one signal sent back")
+    plan = rule.staging
+    if not plan.stageable:
         raise UserError(
-            f"rule {rule.name!r} cannot be split into stages ({hint}); stageable rules: "
+            f"rule {rule.name!r} cannot be split into stages ({plan.reason}); stageable rules: "
             f"blockwise ones such as mono-forward, local, lls, dfa and cff "
             f"(see docs/parallel.md)")
-    if staleness > 0 and not getattr(rule, "shares_goodness", False):
+    if staleness > 0 and plan.kind is Staging.BLOCKWISE:
         raise UserError(f"--staleness applies to rules that send a signal backward (dfa, "
                         f"cff); {rule.name!r} sends nothing backward, so use --staleness 0")
 
@@ -494,10 +494,11 @@ class SharedGoodnessStage(SignalStage):
 
 def make_stage(rule: Rule, ctx: StageContext, channel: ActivationChannel, optimizers,
                staleness: int = 0) -> BlockwiseStage:
-    """The stage loop that fits the rule (see :func:`check_stageable`)."""
-    if isinstance(rule, ErrorBroadcastRule):
+    """The stage loop the rule declares (:attr:`Rule.staging`; see :func:`check_stageable`)."""
+    kind = rule.staging.kind
+    if kind is Staging.ERROR_BROADCAST:
         return ErrorBroadcastStage(rule, ctx, channel, optimizers, staleness)
-    if getattr(rule, "shares_goodness", False):
+    if kind is Staging.SHARED_SIGNAL:
         return SharedGoodnessStage(rule, ctx, channel, optimizers, staleness)
     return BlockwiseStage(rule, ctx, channel, optimizers)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +44,31 @@ class ParamGroup:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+class Staging(str, Enum):
+    """How a rule splits into pipeline stages (:mod:`locallearn.parallel.stages`)."""
+
+    NONE = "none"  # blocks are coupled beyond what a stage boundary carries
+    BLOCKWISE = "blockwise"  # only the forward activation crosses a boundary
+    ERROR_BROADCAST = "error-broadcast"  # plus one output signal sent back to every stage
+    SHARED_SIGNAL = "shared-signal"  # plus a per-row sum over blocks, forward and back (cff)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A rule's declared staging, with the reason when it cannot be staged."""
+
+    kind: Staging
+    reason: str = ""
+
+    @property
+    def stageable(self) -> bool:
+        return self.kind is not Staging.NONE
+
+
+# Block-by-block readout paths a rule may declare (see Rule.readout_paths).
+READOUT_PATHS = ("goodness", "readout", "block-readout", "features")
+
+
 class Rule(nn.Module):
     """Base class of learning rules. Subclasses register with ``@RULES.register(name)``.
 
@@ -54,6 +80,13 @@ class Rule(nn.Module):
             refuse networks with black-box blocks.
         supports_kinds: data kinds the rule handles ("image", "signal", "vector",
             "graph", "text").
+
+    Capabilities the rest of the library asks about, each declared here with a default
+    (subclasses override the declaration, never the library's probing):
+        :attr:`staging` (how it splits into pipeline stages), :attr:`streams_losses`
+        (which loss loop the trainer runs), :meth:`readout_paths`,
+        :meth:`readout_modules`, :attr:`exit_confidence` and :attr:`cut_readout`
+        (how :mod:`locallearn.anytime` reads class scores block by block).
     """
 
     name: ClassVar[str] = "rule"
@@ -100,8 +133,40 @@ class Rule(nn.Module):
 
     # True when the loop may call backward on each loss as iter_losses() yields it
     # (graph of loss k freed before loss k+1 is built: activation memory flat in depth).
-    # Only safe when no two losses share graph nodes.
+    # Only safe when no two losses share graph nodes. A subclass declares it (a class
+    # attribute, or a property when it depends on options).
     streams_losses: bool = False
+
+    # -- capabilities -------------------------------------------------------
+    @property
+    def staging(self) -> StagePlan:
+        """How the rule splits into pipeline stages; the stage factory only looks this up."""
+        return StagePlan(Staging.NONE, "it couples blocks beyond a forward activation "
+                                       "and one signal sent back")
+
+    @property
+    def stageable(self) -> bool:
+        return self.staging.stageable
+
+    def readout_paths(self) -> tuple[str, ...]:
+        """Ways to read class scores block by block, most direct first (tried in order by
+        :class:`locallearn.anytime.exits.Anytime`, each checked against :meth:`block_scores`
+        on a probe batch): ``"goodness"`` (FF's label goodness summed over blocks),
+        ``"readout"`` (a module per block, :meth:`readout_modules`), ``"block-readout"``
+        (:meth:`BlockwiseRule.block_readout`), ``"features"`` (:meth:`block_scores` fed one
+        block's output). None fitting: every block at once."""
+        return ("features",)
+
+    def readout_modules(self) -> list[nn.Module] | None:
+        """Block k's readout module for every block k, or None if some block has none."""
+        return None
+
+    # How early exit turns a block's scores into a confidence: "softmax" (max probability)
+    # or "goodness-margin" (difference of the top two sigmoid(goodness - threshold)).
+    exit_confidence: ClassVar[str] = "softmax"
+    # The block-by-block readout a cut model keeps (set by locallearn.anytime.prune on
+    # a network cut after a block); None: Anytime works it out from the declarations.
+    cut_readout: Any = None
 
     def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
         """The losses one at a time, in group order (default: from :meth:`losses`)."""
@@ -153,6 +218,15 @@ class Rule(nn.Module):
         pass
 
 
+def overrides(obj: object, base: type, *names: str) -> bool:
+    """Whether ``obj``'s class replaces any of ``base``'s methods ``names``.
+
+    The one place that compares methods: for a fast path that is only valid for the
+    base's own arithmetic. Capabilities are declared on :class:`Rule`, never inferred.
+    """
+    return any(getattr(type(obj), n) is not getattr(base, n) for n in names)
+
+
 def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy that skips targets equal to IGNORE_INDEX (-100).
 
@@ -184,6 +258,37 @@ class BlockwiseRule(Rule):
     # True when the network's head is the last block's own readout (trained by the
     # last block's loss) rather than a separate classifier on detached features.
     head_in_last_block: ClassVar[bool] = False
+    # True when the rule overrides block_readout (a readout at every block).
+    has_block_readout: ClassVar[bool] = False
+    # The block loop below frees block k's graph before block k+1 runs; a subclass
+    # whose losses couple blocks (cff) declares False.
+    streams_losses = True
+
+    @property
+    def staging(self) -> StagePlan:
+        return StagePlan(Staging.BLOCKWISE)
+
+    def readout_paths(self) -> tuple[str, ...]:
+        paths = ("readout",) if self.readout_modules() is not None else ()
+        if self.has_block_readout:
+            paths += ("block-readout",)
+        return (*paths, "features")
+
+    def readout_modules(self) -> list[nn.Module] | None:
+        readouts, last = self.readouts(), len(self.network.blocks) - 1
+        modules = []
+        for k in range(last + 1):
+            mods = list(readouts.get(k, []))
+            if k == last and self.head_in_last_block and self.network.head is not None:
+                mods.append(self.network.head)
+            # Parameter-free entries (e.g. an unused similarity branch) are not readouts;
+            # of several, the first is taken (and checked on the probe batch).
+            mods = [m for m in mods if any(True for _ in m.parameters())]
+            if not mods:
+                return None
+            modules.append(mods[0])
+        return modules
+
     def block_learns(self, k: int) -> bool:
         """Whether block ``k`` has a loss (a black box without a readout has none)."""
         return (self.network.blocks[k].trainable or bool(self.readouts().get(k))
@@ -234,22 +339,17 @@ class BlockwiseRule(Rule):
         if self.head_learns:
             yield self.head_loss(h, y)
 
-    @property
-    def streams_losses(self) -> bool:
-        # Only the block loop above is known to free block k's graph before block k+1;
-        # a subclass that overrides losses() (e.g. to couple layers) keeps one backward.
-        return type(self).losses is BlockwiseRule.losses
-
     def block_readout(self, k: int, h: Tensor) -> Tensor | None:
         """Class scores of block k from its output ``h`` (as :meth:`features` gives it).
 
-        Rules with a readout at every block override this; :meth:`block_scores` and
-        early exit (:mod:`locallearn.anytime`, which stops after block k) are built on it.
+        Rules with a readout at every block override this and declare
+        :attr:`has_block_readout`; :meth:`block_scores` and early exit
+        (:mod:`locallearn.anytime`, which stops after block k) are built on it.
         """
         return None
 
     def block_scores(self, x: Tensor) -> list[Tensor] | None:
-        if type(self).block_readout is BlockwiseRule.block_readout:
+        if not self.has_block_readout:
             return None
         return [self.block_readout(k, h) for k, h in enumerate(self.features(x))]
 
@@ -284,6 +384,10 @@ class ErrorBroadcastRule(Rule):
 
     def param_groups(self) -> list[ParamGroup]:
         return self.block_groups()
+
+    @property
+    def staging(self) -> StagePlan:
+        return StagePlan(Staging.ERROR_BROADCAST)
 
     def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
         """The signal broadcast to every block, one row per row of the batch; no gradient."""

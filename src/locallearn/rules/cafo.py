@@ -102,6 +102,8 @@ class CascadedForward(BlockwiseRule):
         return loss
 
     # -- inference -----------------------------------------------------------
+    has_block_readout = True
+
     def block_readout(self, k: int, h: Tensor) -> Tensor:
         return self.predictor(k, h)
 

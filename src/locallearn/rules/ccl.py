@@ -52,6 +52,7 @@ from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
+from locallearn.rules.base import StagePlan, Staging
 from locallearn.rules.lls import RMSHandOffRule
 
 
@@ -83,7 +84,7 @@ class CCL(RMSHandOffRule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     # The feedback chain above block k is read (without gradient) by block k's loss,
     # so pipeline stages would need each other's feedback weights.
-    stageable = False
+    staging = StagePlan(Staging.NONE, "block k's loss reads the feedback network above it")
 
     def __init__(self, network: Network, task: Task, normalize: bool | str = "auto",
                  rms_norm: bool = True) -> None:
@@ -131,6 +132,8 @@ class CCL(RMSHandOffRule):
         c = self.match(k, out[valid])
         target = F.one_hot(y[valid], self.task.num_classes).to(c.dtype)
         return F.mse_loss(c, target)
+
+    has_block_readout = True
 
     def block_readout(self, k: int, h: Tensor) -> Tensor:
         return self.match(k, h)

@@ -44,7 +44,7 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
@@ -60,7 +60,7 @@ from locallearn.rules._feedback import (
     split_pool,
     surrogate,
 )
-from locallearn.rules.base import BlockwiseRule, ParamGroup, cross_entropy
+from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging, cross_entropy
 
 
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
@@ -121,11 +121,26 @@ class DRTP(BlockwiseRule):
         return surrogate(a, delta, count_valid(y))
 
     @property
-    def stageable(self) -> bool:
-        # Pipeline stages call block_loss on the pooled output: the same loss unless the
-        # signal is a per-unit map taken before pooling.
-        return (self.conv_signal != "map" or not self.pre_pool
-                or all(split_pool(b)[1] is None for b in self.network.blocks))
+    def staging(self) -> StagePlan:
+        # Pipeline stages call block_loss on the pooled output, while the loop below puts
+        # the signal before pooling: the same loss only without a pool, or for the channel
+        # max through max-pooling windows that tile the map (max of maxima).
+        pools = [split_pool(b)[1] for b in self.network.blocks]
+        if self.pre_pool and not all(p is None or self._max_commutes(b, p)
+                                     for b, p in zip(self.network.blocks, pools, strict=True)):
+            return StagePlan(Staging.NONE, "its signal enters before pooling, which a stage "
+                                           "does not see; stage it with "
+                                           "--set rule.pre_pool=false")
+        return StagePlan(Staging.BLOCKWISE)
+
+    def _max_commutes(self, block: nn.Module, pool: nn.Module) -> bool:
+        if self.conv_signal != "max" or not isinstance(pool, nn.MaxPool2d):
+            return False
+        k, s, pad = pool.kernel_size, pool.stride, pool.padding
+        size = pre_pool_shape(block)[1:]
+        return (k == s and pad == 0 and not pool.ceil_mode
+                and all(n % (k if isinstance(k, int) else k[i]) == 0
+                        for i, n in enumerate(size)))
 
     # The loop below detaches every block's input like BlockwiseRule's, so block k's
     # graph can be freed before block k+1 runs (activation memory flat in depth).

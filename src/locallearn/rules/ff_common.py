@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
-from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules.base import BlockwiseRule, StagePlan, Staging, cross_entropy, overrides
 
 GOODNESS = ("mean", "sum")
 NEGATIVES = ("random", "hardest", "readout")
@@ -220,8 +220,10 @@ class GoodnessRule(BlockwiseRule):
     rows_per_example = 2  # positive then negative data
     # The head is the last layer's part of the readout and learns with it, if at all.
     head_learns = False
-    # Set by a rule whose layer losses need every layer's goodness (cff).
-    shares_goodness = False
+    # Declared by a rule whose layer losses need every layer's goodness (cff): its losses
+    # come in one backward, and its stages pass the goodness summed over layers along.
+    shares_goodness: ClassVar[bool] = False
+    exit_confidence = "goodness-margin"
 
     @property
     def trains_readout(self) -> bool:
@@ -229,21 +231,25 @@ class GoodnessRule(BlockwiseRule):
         return self.predict_with == "readout" or self.negatives == "readout"
 
     @property
-    def stageable(self) -> bool:
+    def staging(self) -> StagePlan:
         # Hard negatives are picked by every layer's goodness for every label (or by the
         # all-layer readout), and the readout spans every layer: a pipeline stage could
         # compute neither alone.
-        return self.negatives == "random" and not self.trains_readout
-
-    stage_hint = ("hard negatives and the readout need every layer; stage it with "
-                  "--set rule.negatives=random --set rule.predict=goodness")
+        if self.negatives != "random" or self.trains_readout:
+            return StagePlan(Staging.NONE, "hard negatives and the readout need every layer; "
+                             "stage it with --set rule.negatives=random "
+                             "--set rule.predict=goodness")
+        return StagePlan(Staging.SHARED_SIGNAL if self.shares_goodness else Staging.BLOCKWISE)
 
     @property
     def streams_losses(self) -> bool:
         # Layers that learn from their own goodness only (ff, symba) hand their losses
         # over one at a time, so layer k's graph is freed before layer k+1 runs; a rule
         # that couples layers in layer_losses (cff) keeps one backward.
-        return type(self).layer_losses is GoodnessRule.layer_losses
+        return not self.shares_goodness
+
+    def readout_paths(self) -> tuple[str, ...]:
+        return ("goodness",)
 
     def _negatives(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
         """The neutral-label activities (for the readout, if it learns) and a wrong label
@@ -317,8 +323,7 @@ class GoodnessRule(BlockwiseRule):
         # Mean goodness is the mean square that RMS normalisation divides by: compute it
         # once per layer (this pass runs on classes x batch rows, so it is worth it).
         shared = (self.goodness_kind == "mean"
-                  and type(self).block_input is GoodnessRule.block_input
-                  and type(self).layer_goodness is GoodnessRule.layer_goodness)
+                  and not overrides(self, GoodnessRule, "block_input", "layer_goodness"))
         g = self.layer_goodness(0, h)
         scores = [g.view(c, n).t()]
         for k, block in enumerate(self.network.blocks[1:], start=1):

@@ -43,7 +43,7 @@ from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules.base import BlockwiseRule, StagePlan, Staging, cross_entropy
 
 NEGATIVES = ("hardest", "random")
 PREDICT = ("readout", "goodness")
@@ -88,6 +88,9 @@ class SequenceForwardForward(BlockwiseRule):
             self.labels.append(table)
         self.projections = nn.ModuleList(
             [network.make_readout(k) for k in range(len(network.blocks) - 1)])
+
+    # The head's loss reads every layer's activity (the summed readout).
+    staging = StagePlan(Staging.NONE, "its readout reads every layer's activity")
 
     def readouts(self) -> dict[int, list[nn.Module]]:
         groups: dict[int, list[nn.Module]] = {k: [e] for k, e in enumerate(self.labels)}

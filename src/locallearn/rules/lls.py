@@ -158,5 +158,7 @@ class LLS(RMSHandOffRule):
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.scores(k, out), y)
 
+    has_block_readout = True
+
     def block_readout(self, k: int, h: Tensor) -> Tensor:
         return self.scores(k, h)

@@ -150,5 +150,7 @@ class LocalLearning(BlockwiseRule):
         return (1 - self.beta) * pred + self.beta * self.sim_loss(k, out, y)
 
     # -- inference ------------------------------------------------------------
+    has_block_readout = True
+
     def block_readout(self, k: int, h: Tensor) -> Tensor:
         return self.aux[k](h)

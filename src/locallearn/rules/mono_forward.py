@@ -53,6 +53,8 @@ class MonoForward(BlockwiseRule):
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.project(k, out), y)
 
+    has_block_readout = True
+
     def block_readout(self, k: int, h: Tensor) -> Tensor:
         return self.project(k, h)
 

@@ -43,7 +43,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules.base import BlockwiseRule, ParamGroup
+from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging
 from locallearn.rules.ff_common import check_option
 
 GOODNESS = ("channel", "position")
@@ -92,11 +92,17 @@ class ScalableForwardForward(BlockwiseRule):
         self.units = [list(range(a, min(a + blocks_per_unit, n)))
                       for a in range(0, n, blocks_per_unit)]
         self.starts = {u[0] for u in self.units}
-        # Pipeline stages assume one loss per block: only the pure (per-block) mode splits.
-        self.stageable = blocks_per_unit == 1
         self.aux = nn.ModuleList([class_map(network.blocks[u[-1]].out_shape, task.num_classes,
                                             kernel_size) for u in self.units])
         self.unit_of_last = {u[-1]: i for i, u in enumerate(self.units)}
+
+    @property
+    def staging(self) -> StagePlan:
+        # Pipeline stages assume one loss per block: only the pure (per-block) mode splits.
+        if len(self.units) < len(self.network.blocks):
+            return StagePlan(Staging.NONE, "a unit of several blocks has one loss; stage it "
+                                           "with --set rule.blocks_per_unit=1")
+        return StagePlan(Staging.BLOCKWISE)
 
     # -- training ------------------------------------------------------------
     def readouts(self) -> dict[int, list[nn.Module]]:
