@@ -346,11 +346,11 @@ def early_exit_summary(rule: Rule, dataset, device: torch.device | str = "cpu",
                        time_samples_batch256: int = 1024, repeats: int = 2) -> dict[str, Any]:
     """``early_exit`` (test sweep), the operating point picked on validation, speed-ups.
 
-    Empty for rules without readouts and for datasets with their own evaluation
-    (graphs, text), where samples are not independent rows.
+    Empty for rules without readouts, for datasets with their own evaluation
+    (graphs, text), where samples are not independent rows, and for streamed data.
     """
-    if getattr(dataset, "evaluate", None) is not None:
-        return {}
+    if getattr(dataset, "evaluate", None) is not None or not hasattr(dataset.test, "x"):
+        return {}  # graphs and text; or a streamed test split (no tensor to time on)
     x_probe = dataset.test.x[:8].to(device)
     with torch.no_grad():
         was = rule.training

@@ -67,6 +67,9 @@ def apply_prune(rule: Rule, skip: list[int], exit: int | None) -> None:
     # Instance attributes shadow the rule's methods: the cut model answers from block
     # `exit`'s readout, and per-block scores come from the kept readouts only.
     rule.predict = predict
+    # The cut network has no head any more: calling it must give the same scores as the
+    # rule's prediction, not block `exit`'s bare features.
+    rule.network.forward = predict
     if anytime.mode == "readout":
         rule.block_scores = block_scores
 

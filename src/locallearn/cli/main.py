@@ -21,7 +21,10 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     import_submodules("locallearn.cli")
+    from locallearn import __version__
+
     parser = OneLineParser(prog="locallearn", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"locallearn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name in COMMANDS.names():
         command = COMMANDS.get(name)

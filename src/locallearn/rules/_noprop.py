@@ -151,6 +151,9 @@ class NoPropRule(Rule):
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adamw", "batch_size": 128,
                 "weight_decay": 1e-3}
     own_options: tuple[str, ...] = ()  # a subclass's options beyond the shared ones
+    # Why locallearn.export refuses these rules (None elsewhere): checked before tracing.
+    export_refusal = ("its prediction starts from noise drawn per batch from a private "
+                      "generator, which torch.export cannot trace with a dynamic batch size")
 
     def __init__(self, network: Network, task: Task, steps: int = 10,
                  inference_steps: int | None = None, embedding: str = "onehot",

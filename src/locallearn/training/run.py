@@ -86,16 +86,39 @@ def run_info_for(rule: str, data: str, net: str, data_dir, rule_options, data_op
             "data_dir": str(data_dir) if data_dir else None}
 
 
-def train(rule: str = "backprop", data: str = "mnist5k", net: str = "mlp:500,500",
+def train(rule: str = "backprop", data: Any = "mnist5k", net: Any = "mlp:500,500",
           data_dir: str | None = None, data_options: dict | None = None,
-          net_options: dict | None = None, rule_options: dict | None = None,
-          **train_options: Any) -> TrainResult:
+          net_options: dict | None = None, rule_options: dict | None = None, *,
+          model: Any = None, train: Any = None, val: Any = None, test: Any = None,
+          blocks: list[str] | None = None, head: Any = None, num_classes: int | None = None,
+          normalise: bool = True, **options: Any) -> TrainResult:
     """Train one rule; the summary is also written to ``out/summary.json``.
 
-    ``train_options`` are :class:`TrainConfig` fields; those left out take the
-    rule's own defaults (``Rule.defaults``), then TrainConfig's.
+    ``options`` are :class:`TrainConfig` fields (those left out take the rule's own
+    defaults, ``Rule.defaults``, then TrainConfig's) or the rule's own options.
+
+    Your own model and data (:mod:`locallearn.training.user`): ``model`` is an
+    ``nn.Sequential`` (each child a block), a list of modules, or a module with
+    ``blocks=[submodule names]`` (``net=`` a module works too); ``train`` / ``val`` /
+    ``test`` are ``(X, y)`` pairs, torch Datasets or DataLoaders (``data=`` one of them
+    works too; without val/test they are held out of it). ``normalise`` (default True)
+    standardises with training statistics stored with the model; False uses the data
+    as given.
     """
-    config = make_config(rule, **train_options)
+    if not isinstance(net, str) and model is None:
+        model, net = net, None
+    own_data = train is not None or not isinstance(data, str)
+    from locallearn.training.user import split_options, train_user
+
+    options, extra_rule_options = split_options(rule, options, TRAIN_KEYS)
+    if extra_rule_options:
+        rule_options = {**(rule_options or {}), **extra_rule_options}
+    config = make_config(rule, **options)
+    if model is not None or own_data:
+        return train_user(rule, config, model=model, net=net, data=data, train=train, val=val,
+                          test=test, blocks=blocks, head=head, num_classes=num_classes,
+                          normalise=normalise, data_dir=data_dir, data_options=data_options,
+                          net_options=net_options, rule_options=rule_options)
     dataset, learner = build(rule, data, net, config.seed, data_dir, data_options, net_options,
                              rule_options)
     run_info = run_info_for(rule, data, net, data_dir, rule_options, data_options, net_options)
