@@ -48,7 +48,8 @@ def train_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str
     row.update({k: v for k, v in s.items() if k.startswith("test_") and k not in row})
     row["history"] = [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"],
                        "elapsed_train_seconds": h["elapsed_train_seconds"],
-                       "loss": sum(h["loss"]) if h.get("loss") else None} for h in history]
+                       "loss": sum(h["loss"]) if h.get("loss") else None,
+                       "diagnostics": h.get("diagnostics")} for h in history]
     return row
 
 

@@ -21,6 +21,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from locallearn.report.diagnostics import diagnostics_plots, diagnostics_table
+
 # A local rule's activation memory should be at most this many times backprop's
 # divided by the depth (issue 7's target, for depth >= MEMORY_TARGET_MIN_DEPTH).
 MEMORY_TARGET_FACTOR = 1.25
@@ -45,7 +47,8 @@ def run_to_row(run: dict[str, Any]) -> dict[str, Any]:
     """A run directory (as :func:`load_runs` gives it) in the shape of a bench row."""
     s = run["summary"]
     history = [{"epoch": m["epoch"], "val_accuracy": m["val_accuracy"],
-                "elapsed_train_seconds": m["elapsed_train_seconds"]} for m in run["metrics"]]
+                "elapsed_train_seconds": m["elapsed_train_seconds"],
+                "diagnostics": m.get("diagnostics")} for m in run["metrics"]]
     return {**s, "kind": "train", "status": "ok", "key": run["dir"], "history": history}
 
 
@@ -288,6 +291,10 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
         out["Per-layer accuracy"] = _png(fig)
         plt.close(fig)
 
+    for title, fig in diagnostics_plots(groups, plt, colors).items():
+        out[title] = _png(fig)
+        plt.close(fig)
+
     early = [r for r in rows if r.get("early_exit")]
     if early:
         out["Early exit: accuracy vs mean depth"] = early_exit_plot(early, plt, colors)
@@ -394,6 +401,9 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
                  memory_table(rows), "memory"),
                 ("Compute efficiency (matmul FLOPs per training step / step time, against "
                  "torch.matmul on the same shapes)", efficiency_table(rows), "efficiency"),
+                ("Diagnostics at the last epoch (per layer / block, mean over seeds; "
+                 "alignment angles in degrees)", diagnostics_table(_groups(rows, "train")),
+                 "diagnostics"),
                 ("Skipped and failed cells", status_table(rows), "status")]
     sections = [(t, tab, c) for t, tab, c in sections if tab and len(tab) > 1]
 

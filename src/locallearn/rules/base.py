@@ -131,6 +131,12 @@ class Rule(nn.Module):
     def on_validation(self, result: dict[str, Any]) -> None:
         """Called with each validation result (``accuracy``, ``per_block_accuracy``)."""
 
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """JSON-ready figures measured once per epoch on a fixed training batch and
+        logged in ``metrics.jsonl`` (e.g. alignment angles); see
+        :mod:`locallearn.measure.diagnostics`. The RNG state is restored afterwards."""
+        return {}
+
     # True when the loop may call backward on each loss as iter_losses() yields it
     # (graph of loss k freed before loss k+1 is built: activation memory flat in depth).
     # Only safe when no two losses share graph nodes. A subclass declares it (a class

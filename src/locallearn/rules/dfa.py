@@ -39,11 +39,14 @@ paper's plain SGD (same optimiser as the backprop baseline).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
+from locallearn.measure.diagnostics import angle, forward_path, gradient_alignment
 from locallearn.networks.network import Network
 from locallearn.networks.transformer import PooledReadout
 from locallearn.rules import RULES
@@ -75,6 +78,16 @@ class DFA(ErrorBroadcastRule):
     def feedback(self, k: int) -> Tensor:
         """B_k, fixed: maps the output error to block k's output."""
         return getattr(self, f"feedback{k}")
+
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Per block: angle between B_k and the weights backprop would send the error
+        through (mlp only, else None); per weight layer: angle between this rule's
+        gradient and backprop's."""
+        if self.per_position or self.per_token or self.link_pairs:
+            return {}
+        return {"weight_alignment": [angle(self.feedback(k), forward_path(self.network, k))
+                                     for k in range(len(self.network.blocks))],
+                "gradient_alignment": gradient_alignment(self, x, y)}
 
     def output_signal(self, scores: Tensor, y: Tensor) -> Tensor:
         """e = softmax(s) - onehot(y); zero for rows without a target."""

@@ -42,12 +42,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
+from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
 from locallearn.rules._feedback import (
@@ -145,6 +147,10 @@ class DRTP(BlockwiseRule):
     # The loop below detaches every block's input like BlockwiseRule's, so block k's
     # graph can be freed before block k+1 runs (activation memory flat in depth).
     streams_losses = True
+
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Per weight layer: angle between this rule's gradient and backprop's."""
+        return {"gradient_alignment": gradient_alignment(self, x, y)}
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))

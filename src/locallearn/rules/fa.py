@@ -30,6 +30,7 @@ Needs gradients through every block, so it refuses black-box blocks.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from torch.overrides import TorchFunctionMode
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
+from locallearn.measure.diagnostics import angle, gradient_alignment
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
 from locallearn.rules.base import ParamGroup, Rule, cross_entropy
@@ -175,6 +177,13 @@ class FeedbackAlignment(Rule):
         """Routes the network's layers through their feedback tensors (read once, here)."""
         return FeedbackAlignmentMode({id(layer.weight): self.feedback(i)
                                       for i, layer in enumerate(self.layers)})
+
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Per weight layer (head last): angle between B and W (W^T's place in the
+        backward pass), and between this rule's gradient and backprop's."""
+        return {"weight_alignment": [angle(self.feedback(i), layer.weight)
+                                     for i, layer in enumerate(self.layers)],
+                "gradient_alignment": gradient_alignment(self, x, y)}
 
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         with self.feedback_mode():

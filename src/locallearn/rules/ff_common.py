@@ -295,6 +295,19 @@ class GoodnessRule(BlockwiseRule):
             out.append(cross_entropy(self.readout(acts), y))
         return out
 
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Mean goodness per layer of positive data (true label) and of negative data
+        (a random wrong label), in one pass as training makes them."""
+        pos, neg = [], []
+        with torch.no_grad():
+            h = self.prepare(x, y)
+            for k, block in enumerate(self.network.blocks):
+                h = block(self.block_input(k, h))
+                p, n = self.layer_goodness(k, h).chunk(2)
+                pos.append(float(p.mean()))
+                neg.append(float(n.mean()))
+        return {"goodness_positive": pos, "goodness_negative": neg}
+
     # -- inference -----------------------------------------------------------
     def normalised_features(self, x: Tensor) -> list[Tensor]:
         """Normalised activity of every layer for the neutral label."""

@@ -51,12 +51,14 @@ settings left the last block's ReLUs dead, mnist1d cnn at chance):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
+from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Block, Network
 from locallearn.rules import RULES
 from locallearn.rules._feedback import (
@@ -116,6 +118,10 @@ class PEPITA(Rule):
 
     def predict(self, x: Tensor) -> Tensor:
         return self.network.head(self.passed(self.forward_features(x)[-1]))
+
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Per weight layer: angle between this rule's gradient and backprop's."""
+        return {"gradient_alignment": gradient_alignment(self, x, y)}
 
     def param_groups(self) -> list[ParamGroup]:
         return self.block_groups()

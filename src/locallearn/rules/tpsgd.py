@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from torch import Tensor
 
 from locallearn.data.base import Task
 from locallearn.errors import UserError
+from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
 from locallearn.rules._feedback import one_hot, project, random_matrix, rms_normalize
@@ -113,6 +115,10 @@ class TPSGD(BlockwiseRule):
 
     def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.network.head(self.block_input(1, h)), y)
+
+    def epoch_diagnostics(self, x: Tensor, y: Tensor) -> dict[str, Any]:
+        """Per weight layer: angle between this rule's gradient and backprop's."""
+        return {"gradient_alignment": gradient_alignment(self, x, y)}
 
     def predict(self, x: Tensor) -> Tensor:
         h = x

@@ -19,6 +19,7 @@ from torch import Tensor
 from locallearn.data.base import IGNORE_INDEX
 from locallearn.errors import UserError
 from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
     flatten_optimizer,
@@ -56,6 +57,8 @@ class TrainConfig:
     early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
     # The frozen control: blocks keep their random init; only head/readouts learn.
     freeze_blocks: bool = False
+    # Per-epoch activity / alignment figures on a fixed training batch (metrics.jsonl).
+    diagnostics: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
 
     def validate(self) -> None:
@@ -223,6 +226,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         train_seconds = sum(h["train_seconds"] for h in history)
         samples_seen = sum(h["samples"] for h in history)
+        probe = probe_batch(dataset, self.device) if cfg.diagnostics else None
         progress = _progress(range(start_epoch, cfg.epochs), cfg.quiet, rule.name)
         stopped_early = False
         for epoch in progress:
@@ -258,6 +262,8 @@ class Trainer:
                       "val_per_block_accuracy": val["per_block_accuracy"],
                       "train_seconds": epoch_seconds, "samples": n_samples,
                       "elapsed_train_seconds": train_seconds}
+            if probe is not None:
+                record["diagnostics"] = epoch_diagnostics(rule, probe)
             history.append(record)
             self._log(record)
             improved = val["accuracy"] > best["val_accuracy"]
