@@ -1,11 +1,12 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create .venv when it is missing. torch is installed as the CPU build
-# pinned below unless the venv already has a torch (a CUDA build is kept).
+# Both create .venv when it is missing. torch is installed as pinned below from pip's
+# default index (on Linux: the CUDA build) unless the venv already has a torch.
+# CPU-only build: make TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
-# Extra pip arguments for the torch install, e.g. an index of CPU wheels.
+# Extra pip arguments for the torch install (the CPU wheel index above).
 TORCH_PIP_ARGS ?=
 # `make VENV_ARGS=--system-site-packages` reuses a torch installed system-wide.
 VENV_ARGS ?=

@@ -1,6 +1,9 @@
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -10,6 +13,11 @@ import torch
 # (CLI tests) inherit the setting through OMP_NUM_THREADS.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# `locallearn train` without --out keeps its run under runs/: in the tests, a temporary
+# folder (subprocesses inherit it) instead of the checkout.
+if "LOCALLEARN_RUNS_DIR" not in os.environ:
+    os.environ["LOCALLEARN_RUNS_DIR"] = tempfile.mkdtemp(prefix="locallearn-runs-")
+    atexit.register(shutil.rmtree, os.environ["LOCALLEARN_RUNS_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

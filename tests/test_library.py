@@ -299,3 +299,36 @@ def test_pruned_and_grown_models_export(tiny_runs, tmp_path, capsys):
         raw = x * loaded.dataset.std + loaded.dataset.mean
         exported = torch.export.load(str(tmp_path / f"x{kind}" / "model.pt2")).module()
         assert (exported(raw).argmax(-1) == want).float().mean() >= 0.98
+
+
+def test_train_without_out_keeps_the_run_and_says_where(cli):
+    import os
+    from pathlib import Path
+
+    r = cli("train", "--rule", "mono-forward", "--data", "digits", "--net", "mlp:16",
+            "--epochs", "1", "--threads", "1", "--quiet")
+    assert r.returncode == 0, r.stderr
+    folder = Path(r.stdout.split("run folder: ")[1].split(" ")[0])
+    assert folder.parent == Path(os.environ["LOCALLEARN_RUNS_DIR"])
+    assert folder.name.startswith("mono-forward-digits-")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["threads"] == 1 and summary["train_config"]["threads"] == 1
+    assert f"wrote {folder / 'summary.json'}" in r.stdout
+
+
+def test_version_and_bad_threads(cli):
+    assert cli("--version").stdout.strip() == f"locallearn {ll.__version__}"
+    r = cli("train", "--data", "digits", "--threads", "-1", "--epochs", "1")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "threads" in r.stderr
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Python\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len(code.strip().splitlines()) < 15
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code.replace('epochs=5', 'epochs=1, quiet=True'), "README", "exec"), {})
+    assert (tmp_path / "runs" / "mine" / "model.pt2").exists()

@@ -23,6 +23,9 @@ class Demo:
         p.add_argument("--rules", help="comma-separated rules (default: backprop and local rules)")
         p.add_argument("--overwrite", action="store_true")
         p.add_argument("--quiet", action="store_true")
+        p.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (default 1: faster than 2 on a shared 2-core "
+                            "machine)")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -39,7 +42,7 @@ class Demo:
         print(f"demo: {', '.join(rules)} on {args.data} with {args.net}")
         for rule in rules:
             s = train(rule=rule, data=args.data, net=args.net, out=str(out / rule),
-                      overwrite=True, quiet=args.quiet).summary
+                      overwrite=True, quiet=args.quiet, threads=args.threads).summary
             print(f"  {rule:<14} test accuracy {s['test_accuracy']:.4f}  "
                   f"{s['train_seconds']:6.1f} s  {s['samples_per_second']:8.0f} samples/s  "
                   f"peak {s['peak_memory_bytes'] / 2**20:6.1f} MiB")

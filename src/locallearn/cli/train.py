@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import time
 from pathlib import Path
 
 from locallearn.cli import COMMANDS
@@ -29,6 +32,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, help="early stopping patience in epochs (0 = off)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda or auto (default)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's; 1 when runs share a machine)")
     p.add_argument("--config", help="YAML or TOML file of settings")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting; rule.X / data.X / net.X for their options")
@@ -36,7 +41,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 FLAG_KEYS = ("rule", "data", "net", "data_dir", "epochs", "batch_size", "lr", "optimizer",
-             "weight_decay", "schedule", "patience", "seed", "device")
+             "weight_decay", "schedule", "patience", "seed", "device", "threads")
 
 
 def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> dict:
@@ -73,6 +78,19 @@ def stored_settings(out: Path) -> dict:
     return keep
 
 
+def default_out(settings: dict, root: str | Path | None = None) -> Path:
+    """A fresh folder ``runs/<rule>-<data>-<time>`` for a run given no ``--out``
+    (``$LOCALLEARN_RUNS_DIR`` replaces ``runs``)."""
+    root = root or os.environ.get("LOCALLEARN_RUNS_DIR", "runs")
+    data = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(settings["data"])).name)[:40]
+    stem = f"{settings['rule']}-{data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = Path(root) / stem, 1
+    while out.exists():
+        n += 1
+        out = Path(root) / f"{stem}-{n}"
+    return out
+
+
 def run_settings(settings: dict, out: str | None, quiet: bool, resume: bool = False,
                  overwrite: bool = False):
     from locallearn.training import train
@@ -107,6 +125,11 @@ class Train:
         stored = stored_settings(Path(args.out)) if args.resume and args.out else None
         settings = settings_from_args(args, stored)
         from locallearn.parallel.stages import env_rank
+
+        if not args.out and not args.resume and env_rank() is None:
+            # Results are kept: a fresh folder under runs/, named from rule, data and time.
+            args.out = str(default_out(settings))
+            print(f"run folder: {args.out} (set --out to choose)")
 
         if args.stages != 1 or env_rank() is not None:
             from locallearn.parallel.launch import launch

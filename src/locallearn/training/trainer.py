@@ -53,6 +53,7 @@ class TrainConfig:
     overwrite: bool = False
     checkpoint: bool = True
     measure_memory: bool = True
+    threads: int = 0  # torch CPU threads for this run (torch.set_num_threads); 0 = torch's
     eval_batch_size: int = 1024
     early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
     # The frozen control: blocks keep their random init; only head/readouts learn.
@@ -68,6 +69,8 @@ class TrainConfig:
             raise UserError(f"batch size must be positive, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"learning rate must be positive, got {self.lr}; e.g. --lr 1e-3")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 1 (or 0 for torch's default), got {self.threads}")
         if self.patience < 0:
             raise UserError(f"patience must be >= 0, got {self.patience}")
         if self.resume and not self.out:
@@ -191,6 +194,8 @@ class Trainer:
     def fit(self, rule: Rule, dataset) -> dict[str, Any]:
         cfg = self.config
         self._prepare_out()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
         optimizers = self.make_optimizers(rule)
@@ -320,6 +325,7 @@ class Trainer:
             "freeze_blocks": cfg.freeze_blocks,
             "num_parameters": sum(p.numel() for p in rule.parameters()),
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
             "torch_version": torch.__version__,
             "hardware": hardware_info(self.device),
             "train_config": asdict(cfg),
