@@ -361,11 +361,12 @@ def early_exit_summary(rule: Rule, dataset, device: torch.device | str = "cpu",
         return {}
     anytime = Anytime(rule, probe=x_probe)
     test = sweep(*block_table(anytime, dataset.loader("test", batch_size), device))
-    if len(dataset.val):
-        val = sweep(*block_table(anytime, dataset.loader("val", batch_size), device))
-        chosen, picked_on = operating_point(val)["threshold"], "val"
-    else:
-        chosen, picked_on = operating_point(test)["threshold"], "test"
+    if not len(dataset.val):
+        # The threshold is chosen on validation only, never on the test split it is
+        # reported on: without a validation split there is the test curve and no choice.
+        return {"early_exit": test, "early_exit_operating_point": None}
+    val = sweep(*block_table(anytime, dataset.loader("val", batch_size), device))
+    chosen, picked_on = operating_point(val)["threshold"], "val"
     at = next(r for r in test if r["threshold"] == chosen)
     full = max(test, key=lambda r: r["threshold"])
     speed = {}

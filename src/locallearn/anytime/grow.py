@@ -88,7 +88,10 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
     if max_blocks < 1:
         raise UserError(f"--max-blocks must be >= 1, got {max_blocks}")
     rule, dataset = run.rule, run.dataset
-    split = "val" if len(dataset.val) else "test"
+    if not len(dataset.val):  # decisions are made on validation, never on the test split
+        raise UserError("grow decides on the validation split, and this run's is empty; "
+                        "train with data.val_fraction > 0")
+    split = "val"
     best_val = accuracy(rule, dataset.loader(split, 1024), device)
     base_test = evaluate(rule, dataset.loader("test", 1024), torch.device(device))
     steps = [{"blocks": len(rule.network.blocks), "added": 0, "val_accuracy": best_val,

@@ -80,7 +80,10 @@ def choose_prune(rule: Rule, dataset, keep: int, device: torch.device | str = "c
     n = len(rule.network.blocks)
     if not 1 <= keep <= n:
         raise UserError(f"--keep must be between 1 and {n} (the number of blocks), got {keep}")
-    split = "val" if len(dataset.val) else "test"
+    if not len(dataset.val):  # decisions are made on validation, never on the test split
+        raise UserError("prune decides on the validation split, and this run's is empty; "
+                        "train with data.val_fraction > 0")
+    split = "val"
 
     def val_accuracy() -> float:
         return accuracy(rule, dataset.loader(split, batch_size), device)

@@ -6,6 +6,7 @@ everything around it, the same for every rule so that comparisons are fair.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -95,6 +96,26 @@ def to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def split_size(dataset, split: str) -> int | None:
+    """Rows in a split held in memory, or None where the dataset cannot say (streamed)."""
+    try:
+        return len(dataset.split(split))
+    except (AttributeError, TypeError, NotImplementedError):
+        return None
+
+
+def snapshot(rule: Rule) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """A copy of the rule's tensors and extra state (for restoring the best epoch)."""
+    return ({k: v.detach().clone() for k, v in rule.state_dict().items()},
+            copy.deepcopy(rule.extra_state()))
+
+
+def restore(rule: Rule, state: tuple[dict[str, Tensor], dict[str, Any]]) -> None:
+    tensors, extra = state
+    rule.load_state_dict(tensors)
+    rule.load_extra_state(extra)
+
+
 def count_correct(scores: Tensor, y: Tensor) -> tuple[int, int]:
     mask = y != IGNORE_INDEX
     return int((scores.argmax(-1)[mask] == y[mask]).sum()), int(mask.sum())
@@ -117,7 +138,8 @@ def evaluate(rule: Rule, loader, device: torch.device, per_block: bool = True) -
             block_correct = counts if block_correct is None else [
                 a + b for a, b in zip(block_correct, counts, strict=True)]
     rule.train(was_training)
-    total = max(total, 1)
+    if total == 0:  # an empty split has no accuracy (not 0.0, which reads as a result)
+        return {"accuracy": None, "per_block_accuracy": None}
     return {
         "accuracy": correct / total,
         "per_block_accuracy": None if block_correct is None else [c / total for c in block_correct],
@@ -193,12 +215,16 @@ class Trainer:
     # -- the loop ------------------------------------------------------------
     def fit(self, rule: Rule, dataset) -> dict[str, Any]:
         cfg = self.config
+        if cfg.patience and split_size(dataset, "val") == 0:
+            raise UserError("patience (early stopping) needs a validation split, and this "
+                            "dataset's is empty; set data.val_fraction > 0 or patience=0")
         self._prepare_out()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
         optimizers = self.make_optimizers(rule)
+        self._best_state: tuple[dict[str, Tensor], dict[str, Any]] | None = None
         schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
 
         start_epoch, history = 0, []
@@ -271,16 +297,22 @@ class Trainer:
                 record["diagnostics"] = epoch_diagnostics(rule, probe)
             history.append(record)
             self._log(record)
-            improved = val["accuracy"] > best["val_accuracy"]
+            if val["accuracy"] is None and cfg.patience:
+                raise UserError("patience (early stopping) needs a validation split, and "
+                                "this dataset's is empty; set patience=0")
+            improved = val["accuracy"] is not None and val["accuracy"] > best["val_accuracy"]
             if improved:
                 best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+                if cfg.patience:  # kept in memory: restoring needs no checkpoint files
+                    self._best_state = snapshot(rule)
             if self.out is not None and cfg.checkpoint:
                 if improved:
                     self._save(rule, optimizers, schedules, epoch, best, history, stem="best")
                 self._save(rule, optimizers, schedules, epoch, best, history)
             if hasattr(progress, "set_postfix"):
                 progress.set_postfix(loss=f"{sum(losses_mean):.4f}" if losses_mean else "-",
-                                     val=f"{val['accuracy']:.4f}")
+                                     val="-" if val["accuracy"] is None
+                                     else f"{val['accuracy']:.4f}")
             if cfg.patience and epoch - best["epoch"] >= cfg.patience:
                 stopped_early = True
                 break
@@ -301,10 +333,16 @@ class Trainer:
         ``measured`` holds the memory figures, which the caller measured its own way.
         """
         cfg = self.config
-        # Early stopping keeps the weights of the best validation epoch.
-        if cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
-            tensors, _ = load_checkpoint(self.out, stem="best")
+        # Early stopping keeps the best validation epoch: its weights and the rule's extra
+        # state (e.g. mono-forward's chosen block), from memory, else from best.* files
+        # (a resumed or staged run).
+        best_state = getattr(self, "_best_state", None)
+        if cfg.patience and best["epoch"] >= 0 and best_state is not None:
+            restore(rule, best_state)
+        elif cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
+            tensors, meta = load_checkpoint(self.out, stem="best")
             self._load_rule_tensors(rule, tensors)
+            rule.load_extra_state(meta.get("rule_extra", {}))
 
         test = self._evaluate(rule, dataset, "test")
         summary = {
@@ -313,7 +351,7 @@ class Trainer:
             "epochs_requested": cfg.epochs,
             "seed": cfg.seed,
             "test_accuracy": test["accuracy"],
-            "best_val_accuracy": best["val_accuracy"],
+            "best_val_accuracy": best["val_accuracy"] if best["epoch"] >= 0 else None,
             "best_epoch": best["epoch"],
             "per_layer_test_accuracy": test["per_block_accuracy"],
             **{f"test_{k}": v for k, v in test.items()
