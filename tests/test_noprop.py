@@ -126,7 +126,7 @@ def test_cli_trains_and_rejects_bad_options(capsys, tmp_path):
     for extra, words in ((["--set", "rule.embedding=word2vec"], "onehot, prototype"),
                          (["--set", "rule.stepz=3"], "has no option 'stepz'"),
                          (["--set", "rule.steps=0"], "steps must be a positive integer"),
-                         (["--set", "rule.eta=abc"], "eta must be positive"),
+                         (["--set", "rule.eta=abc"], "eta must be a float"),
                          (["--net", "mlp:16,bb"], "black-box")):
         assert main(base + extra) == 2
         err = capsys.readouterr().err

@@ -19,8 +19,10 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str,
+                 on_register: Callable[[str, T], None] | None = None) -> None:
         self.kind = kind
+        self.on_register = on_register  # e.g. the rule registry writes the rule's name
         self._entries: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
@@ -29,6 +31,8 @@ class Registry(Generic[T]):
             if name in self._entries and self._entries[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            if self.on_register is not None:
+                self.on_register(name, obj)
             doc = help or (getattr(obj, "__doc__", None) or "").strip().split("\n")[0]
             self._help[name] = doc
             return obj

@@ -1,4 +1,8 @@
-"""``locallearn list``: registered rules, datasets and networks."""
+"""``locallearn list``: registered rules, datasets and networks, and rules' options.
+
+``locallearn list --options`` adds every rule's declared options (name, type,
+default, allowed values, help); ``locallearn list rules NAME`` shows one rule's.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,41 @@ from locallearn.cli import COMMANDS
 
 
 class List:
-    """list the registered rules, datasets and networks"""
+    """list the registered rules, datasets and networks (--options: each rule's options)"""
 
     @staticmethod
     def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("what", nargs="?", choices=["rules", "datasets", "networks"])
+        p.add_argument("name", nargs="?", help="with `rules`: one rule, with its options")
+        p.add_argument("--options", action="store_true",
+                       help="print each rule's options with type, default and help")
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
         from locallearn.data import DATASETS
+        from locallearn.errors import UserError
         from locallearn.networks import NETWORKS
+        from locallearn.options import declared_options, format_options
         from locallearn.rules import RULES
 
+        if args.name is not None:
+            if args.what != "rules":
+                raise UserError("a name after `locallearn list` needs `rules` first "
+                                "(locallearn list rules NAME)")
+            RULES.get(args.name)  # one-line error for an unknown rule
         for title, registry in (("rules", RULES), ("datasets", DATASETS),
                                 ("networks", NETWORKS)):
             if args.what and args.what != title:
                 continue
             print(f"{title}:")
             for name in registry.names():
+                if args.name is not None and name != args.name:
+                    continue
                 print(f"  {name:<16} {registry.help(name)}")
+                if title == "rules" and (args.options or args.name is not None):
+                    options = declared_options(registry.get(name))
+                    print("\n".join(format_options(options)) if options
+                          else "    (no options)")
         return 0
 
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules.base import ParamGroup, Rule
 
 EMBEDDINGS = ("onehot", "prototype")
@@ -150,30 +151,34 @@ class NoPropRule(Rule):
 
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adamw", "batch_size": 128,
                 "weight_decay": 1e-3}
-    own_options: tuple[str, ...] = ()  # a subclass's options beyond the shared ones
     # Why locallearn.export refuses these rules (None elsewhere): checked before tracing.
     export_refusal = ("its prediction starts from noise drawn per batch from a private "
                       "generator, which torch.export cannot trace with a dynamic batch size")
+    options = (
+        Option("steps", int, "denoising steps T (blocks for noprop-dt)", low=1),
+        Option("inference_steps", int, "denoising steps at prediction (None: steps)", low=1,
+               nullable=True),
+        Option("embedding", str, "label embedding W_Embed: fixed one-hot or learned",
+               choices=EMBEDDINGS),
+        Option("embed_dim", int, "prototype embedding width (None: classes)", low=1,
+               nullable=True),
+        Option("hidden", int, "width of the denoiser's label/time branch", low=1),
+        Option("eta", float, "weight of the denoising terms", above=0),
+        Option("inference_noise", bool, "sample noise at prediction (else the mean path)"),
+        Option("inference_seed", int, "seed of the prediction noise"),
+    )
 
     def __init__(self, network: Network, task: Task, steps: int = 10,
                  inference_steps: int | None = None, embedding: str = "onehot",
                  embed_dim: int | None = None, hidden: int = 256, eta: float = 0.1,
                  inference_noise: bool = False, inference_seed: int = 0, **unknown) -> None:
         super().__init__(network, task)
-        if unknown:  # subclasses take **options, so create_rule cannot check the names
-            known = ", ".join(("steps", "inference_steps", "embedding", "embed_dim", "hidden",
-                               "eta", "inference_noise", "inference_seed", *self.own_options))
-            raise UserError(f"rule {self.name!r} has no option {next(iter(unknown))!r}; "
-                            f"its options: {known}")
+        if unknown:  # create_rule checks names against the declarations; direct calls here
+            raise UserError(f"rule {self.name!r} has no option {next(iter(unknown))!r}")
         if network.has_black_box:
             raise UserError(f"rule {self.name!r} backpropagates inside each denoising block, "
                             f"which needs gradients through every layer; the network has a "
                             f"black-box block")
-        for key, value in (("steps", steps), ("hidden", hidden)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"{self.name} {key} must be a positive integer, got {value!r}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta > 0:
-            raise UserError(f"{self.name} eta must be positive, got {eta!r}")
         self.steps = steps
         self.inference_steps = steps
         self.set_inference_steps(steps if inference_steps is None else inference_steps)

@@ -15,7 +15,6 @@ from locallearn.rules.base import ParamGroup, Rule, cross_entropy
 
 @RULES.register("backprop", help="end-to-end backpropagation of the output cross-entropy")
 class Backprop(Rule):
-    name = "backprop"
     needs_gradient_through_blocks = True
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector", "graph", "text")

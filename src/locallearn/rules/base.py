@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Rule(nn.Module):
             refuse networks with black-box blocks.
         supports_kinds: data kinds the rule handles ("image", "signal", "vector",
             "graph", "text").
+        options: the constructor's options (:class:`locallearn.options.Option`).
 
     Capabilities the rest of the library asks about, each declared here with a default
     (subclasses override the declaration, never the library's probing):
@@ -89,7 +91,10 @@ class Rule(nn.Module):
         (how :mod:`locallearn.anytime` reads class scores block by block).
     """
 
-    name: ClassVar[str] = "rule"
+    name: ClassVar[str] = "rule"  # set by the registry (RULES.register)
+    # The constructor's keyword options, declared once (type, allowed values, help; the
+    # default is the signature's): create_rule validates them, `locallearn list` shows them.
+    options: ClassVar[tuple[Option, ...]] = ()
     defaults: ClassVar[dict[str, Any]] = {
         "epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128,
     }
@@ -170,6 +175,8 @@ class Rule(nn.Module):
     # How early exit turns a block's scores into a confidence: "softmax" (max probability)
     # or "goodness-margin" (difference of the top two sigmoid(goodness - threshold)).
     exit_confidence: ClassVar[str] = "softmax"
+    # Why locallearn.export refuses the rule (None: exportable); checked before tracing.
+    export_refusal: ClassVar[str | None] = None
     # The block-by-block readout a cut model keeps (set by locallearn.anytime.prune on
     # a network cut after a block); None: Anytime works it out from the declarations.
     cut_readout: Any = None

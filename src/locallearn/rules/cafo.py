@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._feedback import count_valid, one_hot, project, random_matrix, surrogate
 from locallearn.rules.base import BlockwiseRule, cross_entropy
@@ -45,20 +46,21 @@ PREDICT = ("sum", "last")
 @RULES.register("cafo", help="Cascaded-Forward: a locally trained predictor on every block, "
                              "predictions summed")
 class CascadedForward(BlockwiseRule):
-    name = "cafo"
     defaults = {"epochs": 15, "lr": 3e-3, "optimizer": "adam", "batch_size": 64}
     head_in_last_block = True
+
+    options = (
+        Option("blocks", str, "how the blocks learn: dfa, fixed random, or local CE",
+               choices=BLOCKS),
+        Option("loss", str, "the predictors' loss", choices=LOSSES),
+        Option("predict", str, "sum of all predictors, or the last one", choices=PREDICT),
+    )
 
     def __init__(
         self, network: Network, task: Task, blocks: str = "dfa", loss: str = "ce",
         predict: str = "sum",
     ) -> None:
         super().__init__(network, task)
-        for option, value, allowed in (("blocks", blocks, BLOCKS), ("loss", loss, LOSSES),
-                                       ("predict", predict, PREDICT)):
-            if value not in allowed:
-                raise UserError(f"rule 'cafo' option {option} must be one of "
-                                f"{', '.join(allowed)}; got {value!r}")
         if network.head is None:
             raise UserError("cafo needs a network with an output head (the last predictor)")
         self.block_mode = blocks

@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import StagePlan, Staging
 from locallearn.rules.lls import RMSHandOffRule
@@ -80,11 +81,16 @@ class FeedbackLayer(nn.Module):
 
 @RULES.register("ccl", help="Counter-Current Learning: feedback net on targets, paired per layer")
 class CCL(RMSHandOffRule):
-    name = "ccl"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     # The feedback chain above block k is read (without gradient) by block k's loss,
     # so pipeline stages would need each other's feedback weights.
     staging = StagePlan(Staging.NONE, "block k's loss reads the feedback network above it")
+
+    options = (
+        Option("normalize", (bool, str), "normalise the paired activities (auto: conv only)",
+               choices=(True, False, "auto")),
+        Option("rms_norm", bool, "RMS-normalise each block's input"),
+    )
 
     def __init__(self, network: Network, task: Task, normalize: bool | str = "auto",
                  rms_norm: bool = True) -> None:
@@ -92,8 +98,6 @@ class CCL(RMSHandOffRule):
         if network.head is None:
             raise UserError("ccl needs a network with an output head (the top of the feedback "
                             "network mirrors it)")
-        if normalize not in (True, False, "auto"):
-            raise UserError(f"ccl normalize must be true, false or auto, got {normalize!r}")
         self.normalize, self.rms_norm = normalize, rms_norm
         blocks = network.blocks
         shapes = [b.out_shape for b in blocks] + [(task.num_classes,)]

@@ -41,19 +41,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule, check_option
+from locallearn.rules.ff_common import GoodnessRule
 
 
 @RULES.register("cff", help="Collaborative Forward-Forward: each layer's loss sees all layers' "
                             "goodness (others detached)")
 class CollaborativeForwardForward(GoodnessRule):
-    name = "cff"
     defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}
     # Loss k needs every layer's goodness: no streaming; stages exchange the sum.
     shares_goodness = True
+
+    options = (Option("gamma", float, "weight of the other layers' goodness", low=0),)
 
     def __init__(
         self, network: Network, task: Task, gamma: float = 1.0,
@@ -61,9 +62,6 @@ class CollaborativeForwardForward(GoodnessRule):
         negatives: str = "hardest", predict: str = "goodness", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
-        gamma = check_option(self.name, "gamma", gamma, float)
-        if gamma < 0:
-            raise UserError(f"cff option gamma must be >= 0, got {gamma}")
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,
                          predict=predict, skip_first=skip_first, label_scale=label_scale)
         self.gamma = gamma

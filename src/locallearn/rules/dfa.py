@@ -56,7 +56,6 @@ from locallearn.rules.base import ErrorBroadcastRule, cross_entropy
 
 @RULES.register("dfa", help="Direct Feedback Alignment: output error to every block via fixed B_k")
 class DFA(ErrorBroadcastRule):
-    name = "dfa"
     # 40 epochs: at 20, mnist1d cnn reached 0.807 (target 0.85), at 40 0.862 (seed 0).
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector", "graph", "text")

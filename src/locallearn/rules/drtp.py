@@ -48,9 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._feedback import (
     count_valid,
@@ -67,10 +67,19 @@ from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging,
 
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
 class DRTP(BlockwiseRule):
-    name = "drtp"
     # 40 epochs: mnist1d cnn (seed 0) 0.63 at 20, 0.73 at 40;
     # mnist5k 0.906 / 0.916 / 0.909 at 20 / 40 / 60.
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+
+    options = (
+        Option("squash", bool, "tanh on each block's activity"),
+        Option("pre_pool", bool, "a conv block's signal enters before its pooling"),
+        Option("normalize", bool, "RMS-normalise what the next block reads"),
+        Option("conv_signal", str, "a conv map's signal: per unit, or per channel (max/mean)",
+               choices=("map", "max", "mean")),
+        Option("head_lr", float, "the head's learning rate (None: the run's)", above=0,
+               nullable=True),
+    )
 
     def __init__(self, network: Network, task: Task, squash: bool = True,
                  pre_pool: bool = True, normalize: bool = True,
@@ -79,8 +88,6 @@ class DRTP(BlockwiseRule):
         self.squash = squash
         self.normalize = normalize
         self.pre_pool = pre_pool
-        if conv_signal not in ("map", "max", "mean"):
-            raise UserError(f"drtp conv_signal must be map, max or mean, got {conv_signal!r}")
         self.conv_signal = conv_signal
         self.head_lr = head_lr
         self.signal_shapes = [pre_pool_shape(b) if pre_pool else tuple(b.out_shape)

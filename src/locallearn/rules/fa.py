@@ -149,7 +149,6 @@ def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: tuple) ->
 
 @RULES.register("fa", help="Feedback Alignment: backward pass through fixed random B, not W^T")
 class FeedbackAlignment(Rule):
-    name = "fa"
     # 40 epochs: mnist1d cnn 0.801 at 20, 0.840 at 40 (seed 0); mnist5k 0.922 at 20.
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     needs_gradient_through_blocks = True

@@ -32,5 +32,4 @@ from locallearn.rules.ff_common import GoodnessRule
 
 @RULES.register("ff", help="Forward-Forward (Hinton 2022): label in the input, layer goodness")
 class ForwardForward(GoodnessRule):
-    name = "ff"
     defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules.base import BlockwiseRule, StagePlan, Staging, cross_entropy, overrides
 
 GOODNESS = ("mean", "sum")
@@ -31,18 +32,6 @@ NEGATIVES = ("random", "hardest", "readout")
 PREDICT = ("goodness", "readout")
 # Modules that act on each unit alone (block 0's shortcut for all labels needs these).
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.Identity)
-
-
-def check_option(rule: str, key: str, value: Any, kind: type) -> Any:
-    """``value`` as an int, float or bool, else a one-line error (``--set rule.x=abc``)."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {int: number and float(value).is_integer(), float: number,
-          bool: isinstance(value, bool)}[kind]
-    if not ok:
-        article = "an" if kind is int else "a"
-        raise UserError(f"rule {rule!r} option {key} must be {article} {kind.__name__}, "
-                        f"got {value!r}")
-    return kind(value)
 
 
 def goodness(h: Tensor, kind: str = "mean") -> Tensor:
@@ -147,6 +136,17 @@ class GoodnessRule(BlockwiseRule):
     ``skip_first``), ``predict="readout"`` uses the readout (one pass).
     """
 
+    options = (
+        Option("threshold", float, "goodness threshold theta of the logistic loss"),
+        Option("goodness", str, "mean or sum of squared activities", choices=GOODNESS),
+        Option("negatives", str, "wrong labels: random, hardest by goodness, or by readout",
+               choices=NEGATIVES),
+        Option("predict", str, "predict by label goodness or by the linear readout",
+               choices=PREDICT),
+        Option("skip_first", bool, "leave the first layer out of prediction"),
+        Option("label_scale", float, "size of the label written into the input"),
+    )
+
     def __init__(
         self,
         network: Network,
@@ -159,15 +159,6 @@ class GoodnessRule(BlockwiseRule):
         label_scale: float = 5.0,
     ) -> None:
         super().__init__(network, task)
-        for option, value, allowed in (("goodness", goodness, GOODNESS),
-                                       ("negatives", negatives, NEGATIVES),
-                                       ("predict", predict, PREDICT)):
-            if value not in allowed:
-                raise UserError(f"rule {self.name!r} option {option} must be one of "
-                                f"{', '.join(allowed)}; got {value!r}")
-        threshold = check_option(self.name, "threshold", threshold, float)
-        label_scale = check_option(self.name, "label_scale", label_scale, float)
-        skip_first = check_option(self.name, "skip_first", skip_first, bool)
         self.threshold = threshold
         self.goodness_kind = goodness
         self.negatives = negatives

@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from locallearn.data.base import IGNORE_INDEX, Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._graph import (
     GraphForwardRule,
@@ -62,11 +62,14 @@ def sum_goodness(z: Tensor) -> Tensor:
 class GraphFF(GraphForwardRule):
     """Shared settings of the graph Forward-Forward rules."""
 
+    options = (
+        Option("theta", float, "goodness threshold"),
+        Option("num_negatives", int, "wrong classes per training node (one pass each)", low=1),
+    )
+
     def __init__(self, network: Network, task: Task, theta: float = 2.0,
                  num_negatives: int = 2) -> None:
         super().__init__(network, task)
-        if num_negatives < 1:
-            raise UserError(f"{self.name} num_negatives must be >= 1, got {num_negatives}")
         self.theta = theta
         self.num_negatives = num_negatives
         self.num_classes = task.num_classes
@@ -83,7 +86,6 @@ class GraphFF(GraphForwardRule):
 @RULES.register("ff-label", help="ForwardGNN forward-forward, one-hot label appended to node "
                 "features (graphs)")
 class GraphFFLabel(GraphFF):
-    name = "ff-label"
     tasks = ("node",)
 
     def __init__(self, network: Network, task: Task, theta: float = 2.0,
@@ -141,8 +143,9 @@ class GraphFFLabel(GraphFF):
 
 @RULES.register("ff-vn", help="ForwardGNN forward-forward with virtual label nodes (graphs)")
 class GraphFFVirtualNodes(GraphFF):
-    name = "ff-vn"
     tasks = ("node",)
+
+    options = (Option("bidirectional", bool, "virtual label nodes linked both ways"),)
 
     def __init__(self, network: Network, task: Task, theta: float = 2.0,
                  num_negatives: int = 2, bidirectional: bool = True) -> None:
@@ -209,7 +212,6 @@ class GraphFFVirtualNodes(GraphFF):
 @RULES.register("ff-link", help="ForwardGNN forward-forward for link prediction: edges are "
                 "positive, non-edges negative data")
 class GraphFFLink(GraphFF):
-    name = "ff-link"
     tasks = ("link",)
 
     def layer_outputs(self, batch: Any) -> list[Tensor]:

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, StagePlan, Staging, cross_entropy
 
@@ -64,17 +65,20 @@ def candidate_goodness(a: Tensor, table: Tensor) -> Tensor:
 @RULES.register("ff-seq", help="Forward-Forward for gpt: per-layer goodness of (prefix, next "
                 "token) against a wrong token")
 class SequenceForwardForward(BlockwiseRule):
-    name = "ff-seq"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 64}
     supports_kinds = ("text",)
+
+    options = (
+        Option("threshold", float, "goodness threshold theta"),
+        Option("negatives", str, "wrong token: random or of highest goodness",
+               choices=NEGATIVES),
+        Option("predict", str, "summed linear readouts, or softmax of summed goodness",
+               choices=PREDICT),
+    )
 
     def __init__(self, network: Network, task: Task, threshold: float = 2.0,
                  negatives: str = "random", predict: str = "readout") -> None:
         super().__init__(network, task)
-        if negatives not in NEGATIVES or predict not in PREDICT:
-            raise UserError(f"ff-seq negatives must be one of {', '.join(NEGATIVES)} and "
-                            f"predict one of {', '.join(PREDICT)}; got {negatives!r}, "
-                            f"{predict!r}")
         if network.head is None or any(len(b.out_shape) != 2 for b in network.blocks):
             raise UserError("ff-seq needs a token-sequence network with a head (gpt:DxW)")
         self.threshold = threshold

@@ -47,11 +47,19 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, cross_entropy
 
 VARIANTS = ("lls", "m", "mxm")
 WAVEFORMS = ("cosine", "square")
+
+
+def variant_name(variant: object) -> object:
+    """"LLS-MxM", "lls_m", "M" ... -> "mxm", "m", ... (other values pass unchanged)."""
+    if not isinstance(variant, str):
+        return variant
+    return variant.lower().removeprefix("lls-").replace("lls_", "")
 
 
 def periodic_basis(classes: int, dim: int, waveform: str = "cosine") -> Tensor:
@@ -100,22 +108,20 @@ class Modulation(nn.Module):
 
 @RULES.register("lls", help="LLS: fixed periodic basis per layer (variant=lls|m|mxm)")
 class LLS(RMSHandOffRule):
-    name = "lls"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+
+    options = (
+        Option("variant", str, "LLS, LLS-M or LLS-MxM (learned modulation)", choices=VARIANTS,
+               parse=variant_name),
+        Option("pool", int, "conv maps: adaptive average pool to pool x pool", low=1),
+        Option("temperature", float, "softmax temperature of the basis scores", above=0),
+        Option("waveform", str, "the fixed periodic basis", choices=WAVEFORMS),
+        Option("rms_norm", bool, "RMS-normalise each block's input"),
+    )
 
     def __init__(self, network: Network, task: Task, variant: str = "lls", pool: int = 2,
                  temperature: float = 1.0, waveform: str = "cosine", rms_norm: bool = True) -> None:
         super().__init__(network, task)
-        variant = variant.lower().removeprefix("lls-").replace("lls_", "")
-        if variant not in VARIANTS:
-            raise UserError(f"lls variant must be one of lls, m, mxm (LLS, LLS-M, LLS-MxM), "
-                            f"got {variant!r}")
-        if waveform not in WAVEFORMS:
-            raise UserError(f"lls waveform must be one of {', '.join(WAVEFORMS)}, got {waveform!r}")
-        if pool < 1:
-            raise UserError(f"lls pool must be a positive integer, got {pool}")
-        if not temperature > 0:
-            raise UserError(f"lls temperature must be positive, got {temperature}")
         self.variant, self.pool, self.temperature = variant, pool, temperature
         self.rms_norm = rms_norm
         modulations = []

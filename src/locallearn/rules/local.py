@@ -46,6 +46,7 @@ from torch import Tensor, nn
 from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, cross_entropy
 
@@ -76,21 +77,20 @@ def similarity_matrix(z: Tensor) -> Tensor:
 
 @RULES.register("local", help="greedy local learning: aux classifier per block (predsim option)")
 class LocalLearning(BlockwiseRule):
-    name = "local"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector", "graph", "text")
+
+    options = (
+        Option("aux", str, "each block's auxiliary classifier", choices=AUX_KINDS),
+        Option("loss", str, "prediction loss, or prediction plus similarity (predsim)",
+               choices=LOSSES),
+        Option("beta", float, "predsim: weight of the similarity term", low=0, high=1),
+        Option("sim_samples", int, "predsim: rows of the similarity matrix", low=2),
+    )
 
     def __init__(self, network: Network, task: Task, aux: str = "linear", loss: str = "pred",
                  beta: float = 0.99, sim_samples: int = 512) -> None:
         super().__init__(network, task)
-        if aux not in AUX_KINDS:
-            raise UserError(f"local aux must be one of {', '.join(AUX_KINDS)}, got {aux!r}")
-        if loss not in LOSSES:
-            raise UserError(f"local loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if not 0.0 <= beta <= 1.0:
-            raise UserError(f"local beta must be in [0, 1], got {beta}")
-        if sim_samples < 2:
-            raise UserError(f"local sim_samples must be at least 2, got {sim_samples}")
         if loss == "predsim" and getattr(network, "graph_task", "node") == "link":
             raise UserError("local loss='predsim' needs a class per node; for --task link "
                             "use loss='pred'")

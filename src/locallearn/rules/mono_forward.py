@@ -17,24 +17,23 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, cross_entropy
 
 
 @RULES.register("mono-forward", help="Mono-Forward: per-layer projection to classes, local CE")
 class MonoForward(BlockwiseRule):
-    name = "mono-forward"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector", "graph", "text")
     head_in_last_block = True
 
+    options = (Option("predict_from", str, "the last block, or the best on validation",
+                      choices=("last", "best")),)
+
     def __init__(self, network: Network, task: Task, predict_from: str = "last") -> None:
         super().__init__(network, task)
-        if predict_from not in ("last", "best"):
-            raise UserError(f"mono-forward predict_from must be 'last' or 'best', "
-                            f"got {predict_from!r}")
         self.predict_from = predict_from
         self.best_block = len(network.blocks) - 1
         self.projections = nn.ModuleList(

@@ -54,8 +54,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._noprop import NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
@@ -100,14 +100,11 @@ class MonotoneSchedule(nn.Module):
 
 @RULES.register("noprop-ct", help="NoProp continuous time: one denoiser, learned noise schedule")
 class NoPropCT(NoPropRule):
-    name = "noprop-ct"
-    own_options = ("weighting",)
+
+    options = (Option("weighting", str, "weight of the loss over time", choices=WEIGHTINGS),)
 
     def __init__(self, network: Network, task: Task, weighting: str = "logsnr", **options) -> None:
         super().__init__(network, task, **options)
-        if weighting not in WEIGHTINGS:
-            raise UserError(f"noprop-ct weighting must be one of {', '.join(WEIGHTINGS)}, "
-                            f"got {weighting!r}")
         self.weighting = weighting
         self.denoiser = self.make_denoiser(fresh=False, out=task.num_classes, time_dim=32)
         self.schedule = MonotoneSchedule()

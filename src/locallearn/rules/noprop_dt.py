@@ -90,7 +90,6 @@ def cosine_schedule(steps: int) -> Tensor:
 
 @RULES.register("noprop-dt", help="NoProp discrete time: T blocks denoise a label embedding")
 class NoPropDT(NoPropRule):
-    name = "noprop-dt"
     # T networks per step: fewer epochs than ct/fm (it was >= 0.93 on mnist5k after 3).
     defaults = {**NoPropRule.defaults, "epochs": 10}
     streams_losses = True  # block t's graph is freed before block t+1 runs

@@ -39,8 +39,8 @@ import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._noprop import NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
@@ -50,14 +50,12 @@ TARGETS = ("clean", "velocity")
 
 @RULES.register("noprop-fm", help="NoProp flow matching: one network, Euler steps at inference")
 class NoPropFM(NoPropRule):
-    name = "noprop-fm"
-    own_options = ("target",)
+
+    options = (Option("target", str, "the denoiser predicts the clean label or the velocity",
+                      choices=TARGETS),)
 
     def __init__(self, network: Network, task: Task, target: str = "clean", **options) -> None:
         super().__init__(network, task, **options)
-        if target not in TARGETS:
-            raise UserError(f"noprop-fm target must be one of {', '.join(TARGETS)}, "
-                            f"got {target!r}")
         self.target = target
         out = task.num_classes if target == "clean" else self.embedding.dim
         self.denoiser = self.make_denoiser(fresh=False, out=out, time_dim=32)

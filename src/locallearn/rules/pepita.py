@@ -60,6 +60,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Block, Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._feedback import (
     count_valid,
@@ -74,8 +75,15 @@ from locallearn.rules.base import ParamGroup, Rule
 
 @RULES.register("pepita", help="PEPITA: second forward pass on the input modulated by F e")
 class PEPITA(Rule):
-    name = "pepita"
     defaults = {"epochs": 40, "lr": 0.1, "optimizer": "sgd", "momentum": 0.9, "batch_size": 128}
+
+    options = (
+        Option("f_scale", float, "scale of the fixed feedback matrix F", above=0),
+        Option("conv_mean", bool, "divide a conv block's update by its positions"),
+        Option("normalize", (bool, str), "RMS-normalise block outputs (auto: conv networks)",
+               choices=("auto", True, False)),
+        Option("conv_scale", float, "factor on a conv block's update", above=0),
+    )
 
     def __init__(self, network: Network, task: Task, f_scale: float = 0.05,
                  conv_mean: bool = True, normalize: str | bool = "auto",
@@ -83,12 +91,6 @@ class PEPITA(Rule):
         super().__init__(network, task)
         if network.head is None:
             raise UserError("pepita needs a network with an output head (the error is taken there)")
-        if not f_scale > 0:
-            raise UserError(f"pepita f_scale must be positive, got {f_scale}")
-        if normalize not in ("auto", True, False):
-            raise UserError(f"pepita normalize must be auto, true or false, got {normalize!r}")
-        if not conv_scale > 0:
-            raise UserError(f"pepita conv_scale must be positive, got {conv_scale}")
         self.conv_mean, self.conv_scale = conv_mean, conv_scale
         is_conv = any(len(b.out_shape) > 1 for b in network.blocks)
         self.normalize = is_conv if normalize == "auto" else normalize

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from locallearn.data.base import IGNORE_INDEX, Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._graph import (
     GraphForwardRule,
@@ -64,13 +64,15 @@ from locallearn.rules.base import cross_entropy
 
 @RULES.register("sf", help="ForwardGNN single-forward: per-layer loss, no negatives (graphs)")
 class SingleForward(GraphForwardRule):
-    name = "sf"
+
+    options = (
+        Option("temperature", float, "softmax temperature of the similarity scores", above=0),
+        Option("bidirectional", bool, "virtual label nodes linked both ways"),
+    )
 
     def __init__(self, network: Network, task: Task, temperature: float = 1.0,
                  bidirectional: bool = True) -> None:
         super().__init__(network, task)
-        if temperature <= 0:
-            raise UserError(f"{self.name} temperature must be positive, got {temperature}")
         self.temperature = temperature
         self.bidirectional = bidirectional
         self.num_classes = task.num_classes
@@ -162,7 +164,6 @@ class StatefulSingleForward(SingleForward):
 @RULES.register("sf-top-loss",
                 help="ForwardGNN single-forward, layers above (detached) averaged into the loss")
 class SingleForwardTopLoss(StatefulSingleForward):
-    name = "sf-top-loss"
 
     def fresh_states(self, h: Tensor) -> list[Tensor]:
         states = [row_normalise(h)]
@@ -213,13 +214,12 @@ class SingleForwardTopLoss(StatefulSingleForward):
 @RULES.register("sf-top-input",
                 help="ForwardGNN single-forward, the layer above's last state fed to the input")
 class SingleForwardTopInput(StatefulSingleForward):
-    name = "sf-top-input"
+
+    options = (Option("test_steps", int, "inference iterations of the top input", low=3),)
 
     def __init__(self, network: Network, task: Task, temperature: float = 1.0,
                  bidirectional: bool = True, test_steps: int = 10) -> None:
         super().__init__(network, task, temperature, bidirectional)
-        if test_steps < 3:
-            raise UserError(f"sf-top-input test_steps must be >= 3, got {test_steps}")
         self.test_steps = test_steps
         blocks = network.blocks
         self.top_widths = [blocks[k + 1].out_features for k in range(len(blocks) - 1)]

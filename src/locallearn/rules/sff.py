@@ -42,9 +42,9 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging
-from locallearn.rules.ff_common import check_option
 
 GOODNESS = ("channel", "position")
 PREDICT = ("goodness", "last", "head")
@@ -65,21 +65,21 @@ def class_map(shape: tuple[int, ...], num_classes: int, kernel_size: int) -> nn.
 @RULES.register("sff", help="Scalable Forward-Forward: per-class channel goodness for conv nets; "
                             "hybrid mode backprops inside a block only")
 class ScalableForwardForward(BlockwiseRule):
-    name = "sff"
     defaults = {"epochs": 8, "lr": 2e-3, "optimizer": "adam", "batch_size": 64}
+
+    options = (
+        Option("goodness", str, "goodness per channel or per position", choices=GOODNESS),
+        Option("blocks_per_unit", int, "blocks trained together by one loss", low=1),
+        Option("predict", str, "by goodness, the last unit's map, or the head",
+               choices=PREDICT),
+        Option("kernel_size", int, "kernel of each unit's class map (odd)", low=1),
+    )
 
     def __init__(
         self, network: Network, task: Task, goodness: str = "channel", blocks_per_unit: int = 1,
         predict: str = "goodness", kernel_size: int = 1,
     ) -> None:
         super().__init__(network, task)
-        for option, value, allowed in (("goodness", goodness, GOODNESS),
-                                       ("predict", predict, PREDICT)):
-            if value not in allowed:
-                raise UserError(f"rule 'sff' option {option} must be one of "
-                                f"{', '.join(allowed)}; got {value!r}")
-        blocks_per_unit = check_option("sff", "blocks_per_unit", blocks_per_unit, int)
-        kernel_size = check_option("sff", "kernel_size", kernel_size, int)
         n = len(network.blocks)
         if not 1 <= blocks_per_unit <= n:
             raise UserError(f"rule 'sff' option blocks_per_unit must be between 1 and the "

@@ -47,7 +47,6 @@ from locallearn.rules.fa import FeedbackAlignment, init_like
 class SignSymmetry(FeedbackAlignment):
     """Feedback alignment whose B has W's signs; subclasses choose the magnitudes."""
 
-    name = "usf"
     keeps_random_feedback = False
     magnitudes = "uniform"  # "uniform" (usf), "batch" (brsf), "fixed" (frsf)
 
@@ -73,18 +72,15 @@ class SignSymmetry(FeedbackAlignment):
 
 @RULES.register("usf", help="Sign symmetry: feedback B = sign(W), uniform magnitudes")
 class UniformSignFeedback(SignSymmetry):
-    name = "usf"
     magnitudes = "uniform"
 
 
 @RULES.register("brsf", help="Sign symmetry: B = sign(W) times random magnitudes drawn each batch")
 class BatchRandomSignFeedback(SignSymmetry):
-    name = "brsf"
     magnitudes = "batch"
 
 
 @RULES.register("frsf", help="Sign symmetry: B = sign(W) times fixed random magnitudes")
 class FixedRandomSignFeedback(SignSymmetry):
-    name = "frsf"
     magnitudes = "fixed"
     keeps_random_feedback = True

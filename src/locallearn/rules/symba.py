@@ -27,16 +27,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule, check_option
+from locallearn.rules.ff_common import GoodnessRule
 
 
 @RULES.register("symba", help="SymBa: Forward-Forward with a symmetric loss on the goodness gap")
 class SymBa(GoodnessRule):
-    name = "symba"
     defaults = {"epochs": 12, "lr": 2e-3, "optimizer": "adam", "batch_size": 50}
+
+    options = (Option("alpha", float, "sharpness of the symmetric loss", above=0),)
 
     def __init__(
         self, network: Network, task: Task, alpha: float = 10.0,
@@ -44,9 +45,6 @@ class SymBa(GoodnessRule):
         negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
         label_scale: float = 5.0,
     ) -> None:
-        alpha = check_option(self.name, "alpha", alpha, float)
-        if alpha <= 0:
-            raise UserError(f"symba option alpha must be positive, got {alpha}")
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,
                          predict=predict, skip_first=skip_first, label_scale=label_scale)
         self.alpha = alpha

@@ -41,9 +41,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._feedback import one_hot, project, random_matrix, rms_normalize
 from locallearn.rules.base import BlockwiseRule, cross_entropy
@@ -65,19 +65,20 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 
 @RULES.register("tpsgd", help="tpSGD: layer-wise SGD toward random projections of the labels")
 class TPSGD(BlockwiseRule):
-    name = "tpsgd"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
+
+    options = (
+        Option("loss", str, "distance of a block's output to its target", choices=tuple(LOSSES)),
+        Option("target_scale", float, "size of the fixed random class targets", above=0),
+        Option("conv_target", str, "a conv map's target: per unit, or per channel on its max",
+               choices=("map", "max")),
+        Option("normalize", bool, "RMS-normalise each block's input"),
+    )
 
     def __init__(self, network: Network, task: Task, loss: str = "mse",
                  target_scale: float = 1.0, conv_target: str = "max",
                  normalize: bool = True) -> None:
         super().__init__(network, task)
-        if loss not in LOSSES:
-            raise UserError(f"tpsgd loss must be one of {', '.join(LOSSES)}, got {loss!r}")
-        if not target_scale > 0:
-            raise UserError(f"tpsgd target_scale must be positive, got {target_scale}")
-        if conv_target not in ("map", "max"):
-            raise UserError(f"tpsgd conv_target must be map or max, got {conv_target!r}")
         self.loss_name = loss
         self.loss_fn = LOSSES[loss]
         self.conv_target = conv_target
