@@ -106,16 +106,20 @@ def test_memory_counts_activations_not_weights_and_local_rules_stay_flat():
     width, batch, floats = 256, 16, 4
     layer = batch * width * floats  # one block's output
     bp2, bp8 = _memory("backprop", 2), _memory("backprop", 8)
-    # Backprop keeps every block's output (shared by the ReLU and the next linear layer) and
-    # the input; weights (256x256, 16x larger than a layer's output) are not activations.
+    # Saved for backward: every block's output (shared by the ReLU and the next linear
+    # layer) and the input; weights (256x256, 16x larger than a layer's output) are not.
+    # The allocator sees those and more (the output gradients of backward, temporaries).
     for r, depth in ((bp2, 2), (bp8, 8)):
-        assert depth * layer <= r["activation_peak_bytes"] < (depth + 1) * layer + batch * 64 * 8
+        saved = r["saved_tensor_peak_bytes"]
+        assert depth * layer <= saved < (depth + 1) * layer + batch * 64 * 8
+        assert saved <= r["activation_peak_bytes"] < saved + 3 * layer
+        assert r["peak_memory_bytes"] >= r["fixed_state_bytes"] + r["activation_peak_bytes"]
     mf2, mf8 = _memory("mono-forward", 2), _memory("mono-forward", 8)
     assert mf8["streams_losses"]
     # Block by block, the graph of block k is freed before block k+1 runs.
     assert mf8["activation_peak_bytes"] <= 1.1 * mf2["activation_peak_bytes"]
-    assert mf8["activation_peak_bytes"] < 3 * layer
-    assert bp8["activation_peak_bytes"] > 3 * mf8["activation_peak_bytes"]
+    assert mf8["activation_peak_bytes"] < 5 * layer
+    assert bp8["activation_peak_bytes"] > 2 * mf8["activation_peak_bytes"]
 
 
 def test_efficiency_counts_the_matmul_flops_backprop_performs():

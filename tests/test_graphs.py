@@ -255,15 +255,15 @@ def test_cli_task_flag(capsys, tmp_path):
 def test_top_down_states_hold_no_graph_under_the_memory_meter():
     # Saved-tensor hooks (the Trainer's memory meter) kept every step's unused state graph
     # alive in sf-top-loss: the measured peak grew by one step's activations per step.
-    from locallearn.measure import MemoryMeter
+    from locallearn.measure import SavedTensorMeter
 
     d = small()
     rule = built("sf-top-loss", d)
     graph, y = next(d.loader("train"))
-    meter = MemoryMeter()
+    meter = SavedTensorMeter()
     peaks = []
     for _ in range(6):
         with meter.track(rule):
             sum(rule.losses(graph, y)).backward()
-        peaks.append(meter.peak_activations)
+        peaks.append(meter.peak)
     assert peaks[-1] == peaks[1]

@@ -90,6 +90,13 @@ def test_two_stages_end_with_the_weights_of_one_process(staged_runs):
     assert s1["test_accuracy"] == s2["test_accuracy"]
     assert s1["test_accuracy"] > 0.5
     assert all(0 <= info["busy_fraction"] <= 1 for info in s2["stage_info"])
+    # Each stage's memory pass counts only its own parameters as fixed state, and none
+    # of them as activations.
+    mems = [info["memory"] for info in s2["stage_info"]]
+    assert sum(m["parameter_bytes"] for m in mems) == s1["memory"]["parameter_bytes"]
+    one_act = s1["memory"]["activation_peak_bytes"]
+    assert all(0 < m["activation_peak_bytes"] <= 1.25 * one_act for m in mems)
+    assert s2["peak_memory_bytes"] == sum(m["peak_memory_bytes"] for m in mems)
 
 
 def test_staged_resume_continues_exactly(staged_runs):

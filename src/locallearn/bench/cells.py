@@ -82,9 +82,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@CELL_KINDS.register("memory", help="a few training steps; peak activation and total memory")
+@CELL_KINDS.register("memory", help="a few training steps; allocator-level peak, fixed state "
+                                    "apart from activations, saved-tensor peak")
 def memory_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str) -> dict:
-    from locallearn.measure import MemoryMeter, peak_rss_bytes
+    """The allocator-level memory of a few training steps (see
+    :mod:`locallearn.measure.memory`), on a copy of the rule as ``locallearn train`` does."""
+    from locallearn.measure import measure_training_memory, peak_rss_bytes
 
     batch_size = int(cell.options.get("batch_size", 512))
     steps = int(settings.get("steps", 3))
@@ -92,18 +95,14 @@ def memory_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: st
     dev = trainer.device
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
     rss_before = peak_rss_bytes()
-    meter = MemoryMeter()
-    for _ in range(steps):
-        with meter.track(rule):
-            trainer._step(rule, optimizers, x, y)
-    _sync(dev)
-    memory = meter.report(rule, optimizers, dev)
+    memory = measure_training_memory(rule, optimizers, trainer.make_optimizers, trainer._step,
+                                     x, y, dev, steps=steps)
     return {"memory": memory, "batch_size": batch_size, "steps": steps,
             "depth": len(rule.network.blocks), "streams_losses": bool(rule.streams_losses),
-            "activation_peak_bytes": memory["activation_peak_bytes"],
-            "peak_memory_bytes": memory["peak_memory_bytes"],
+            **{k: memory[k] for k in ("peak_memory_bytes", "activation_peak_bytes",
+                                      "fixed_state_bytes", "gradient_bytes",
+                                      "saved_tensor_peak_bytes")},
             "peak_rss_before_bytes": rss_before, "device": str(dev)}
 
 

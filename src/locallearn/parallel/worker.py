@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from locallearn.errors import UserError
-from locallearn.measure import MemoryMeter
+from locallearn.measure import measure_step_memory
 from locallearn.parallel.stages import (
     ActivationChannel,
     StageContext,
@@ -108,7 +108,6 @@ class StageTrainer:
         if cfg.resume:
             start_epoch, best, history = self._resume(rule, optimizers, schedules, rank, world)
 
-        meter = MemoryMeter()
         channel = ActivationChannel(ctx, signals_in_flight=self.staleness + 1)
         stage = make_stage(rule, ctx, channel, optimizers, self.staleness)
         fail_rank = int(os.environ.get(FAIL_STAGE_ENV, "-1"))
@@ -128,12 +127,10 @@ class StageTrainer:
                 if rank == fail_rank and steps == fail_after:
                     os.kill(os.getpid(), 9)
                 y = y.to(self.device)
-                with meter.track():
-                    stage.step(x, y, upcoming)
+                stage.step(x, y, upcoming)
                 n_samples += int(y.shape[0])
                 steps += 1
-            with meter.track():
-                stage.flush()
+            stage.flush()
             for sch in schedules:
                 if sch is not None:
                     sch.step()
@@ -188,15 +185,15 @@ class StageTrainer:
 
         parts = [None] * world if rank == 0 else None
         dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
-        mem = meter.report(rule, optimizers, self.device)
-        # Only this stage's parameters count towards its memory.
-        own_params = sum(p.numel() * p.element_size() for g in groups for p in g.params)
-        stage_peak = own_params * 2 + mem["optimizer_state_bytes"] + mem["activation_peak_bytes"]
-        if self.device.type == "cuda":
-            stage_peak = mem["peak_memory_bytes"]
-        stage_info = {"blocks": list(ctx.blocks), "peak_memory_bytes": stage_peak,
-                      "train_seconds": train_seconds,
-                      "busy_fraction": 1.0 - channel.wait_seconds / max(train_seconds, 1e-9)}
+        busy = 1.0 - channel.wait_seconds / max(train_seconds, 1e-9)
+        stage_info = {"blocks": list(ctx.blocks), "peak_memory_bytes": None,
+                      "train_seconds": train_seconds, "busy_fraction": busy}
+        if cfg.measure_memory:
+            # After the final parameters are gathered: a few more stage steps, in lock-step
+            # on every rank, measured outside the timed loop. Only this stage's own
+            # parameters, buffers and optimiser state count as its fixed state.
+            mem = self._measure_memory(rule, groups, ctx, stage, optimizers, dataset)
+            stage_info.update(peak_memory_bytes=mem["peak_memory_bytes"], memory=mem)
         infos = [None] * world if rank == 0 else None
         dist.gather_object(stage_info, infos, dst=0)
         summary = self._finish(book, rule, dataset, parts, infos, history, best,
@@ -214,9 +211,32 @@ class StageTrainer:
         return book.finish(rule, dataset, history=history, best=best,
                            stopped_early=stopped_early, train_seconds=train_seconds,
                            samples_seen=samples_seen,
-                           measured={"peak_memory_bytes": sum(i["peak_memory_bytes"]
-                                                              for i in infos),
+                           measured={"peak_memory_bytes": None if infos[0]["peak_memory_bytes"]
+                                     is None else sum(i["peak_memory_bytes"] for i in infos),
                                      "stage_info": infos})
+
+    def _measure_memory(self, rule, groups, ctx: StageContext, stage, optimizers, dataset,
+                        steps: int = 2) -> dict[str, Any]:
+        """Allocator-level peak of this stage's training steps (see
+        :mod:`locallearn.measure.memory`), in a pass after training."""
+        own = torch.nn.Module()
+        own.params = torch.nn.ParameterList([p for g in groups for p in g.params])
+        for k in ctx.blocks:
+            for n, b in rule.network.blocks[k].named_buffers():
+                own.register_buffer(f"b{k}_{n.replace('.', '_')}", b)
+        batches = iter(with_upcoming(dataset.loader("train", self.config.batch_size,
+                                                    shuffle=True,
+                                                    seed=self.config.seed * 100_003)))
+        state = {"n": 0}
+
+        def step() -> None:
+            (x, y), upcoming = next(batches)
+            state["n"] += 1
+            stage.step(x, y.to(self.device), upcoming if state["n"] < steps else None)
+            if state["n"] == steps:
+                stage.flush()
+
+        return measure_step_memory(step, own, optimizers, None, self.device, steps=steps)
 
     # -- per-stage checkpoints ---------------------------------------------------
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from locallearn.data.base import IGNORE_INDEX
 from locallearn.errors import UserError
-from locallearn.measure import MemoryMeter, hardware_info
+from locallearn.measure import hardware_info, measure_training_memory
 from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
@@ -252,9 +252,6 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(
                 {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
 
-        meter = MemoryMeter()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         train_seconds = sum(h["train_seconds"] for h in history)
         samples_seen = sum(h["samples"] for h in history)
         probe = probe_batch(dataset, self.device) if cfg.diagnostics else None
@@ -268,11 +265,7 @@ class Trainer:
                                     seed=cfg.seed * 100_003 + epoch)
             for x, y in loader:
                 x, y = to_device(x, self.device), to_device(y, self.device)
-                if cfg.measure_memory:
-                    with meter.track(rule):
-                        losses = self._step(rule, optimizers, x, y)
-                else:
-                    losses = self._step(rule, optimizers, x, y)
+                losses = self._step(rule, optimizers, x, y)
                 loss_sum = losses if loss_sum is None else loss_sum + losses
                 n_batches += 1
                 n_samples += int(y.shape[0]) if hasattr(y, "shape") else 1
@@ -317,13 +310,29 @@ class Trainer:
                 stopped_early = True
                 break
 
-        memory = meter.report(rule, optimizers, self.device)
         self.optimizers = optimizers
+        measured: dict[str, Any] = {"peak_memory_bytes": None, "memory": None}
+        if cfg.measure_memory:
+            memory = self.measure_memory(rule, optimizers, dataset)
+            measured = {"peak_memory_bytes": memory["peak_memory_bytes"], "memory": memory}
         return self.finish(rule, dataset, history=history, best=best,
                            stopped_early=stopped_early, train_seconds=train_seconds,
-                           samples_seen=samples_seen,
-                           measured={"peak_memory_bytes": memory["peak_memory_bytes"],
-                                     "memory": memory})
+                           samples_seen=samples_seen, measured=measured)
+
+    def measure_memory(self, rule: Rule, optimizers, dataset, steps: int = 2) -> dict[str, Any]:
+        """Allocator-level peak of training steps, in a pass of its own.
+
+        ``steps`` steps on a copy of the rule and optimisers, on the first training
+        batch, after the timed loop: no timed step runs under the meter, and the
+        trained rule, its optimisers and the random state are left as they were.
+        See :mod:`locallearn.measure.memory`.
+        """
+        loader = dataset.loader("train", self.config.batch_size, shuffle=True,
+                                seed=self.config.seed * 100_003)
+        x, y = next(iter(loader))
+        x, y = to_device(x, self.device), to_device(y, self.device)
+        return measure_training_memory(rule, optimizers, self.make_optimizers, self._step,
+                                       x, y, self.device, steps=steps)
 
     def finish(self, rule: Rule, dataset, *, history: list[dict[str, Any]],
                best: dict[str, Any], stopped_early: bool, train_seconds: float,
