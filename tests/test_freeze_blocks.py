@@ -25,8 +25,14 @@ KINDS = {
 LINK_RULES = {"ff-link"}
 
 
+# Rules built on an mlp only (ff-recurrent splits each block into Linear + activation).
+MLP_ONLY = {"ff-recurrent"}
+
+
 def _dataset(kind: str, rule: str, tmp_path_factory):
     name, options, net = KINDS[kind]
+    if rule in MLP_ONLY and kind == "image":
+        net = "mlp:16"
     options = dict(options)
     if kind == "vector":
         path = tmp_path_factory.mktemp("csv") / "easy.csv"
