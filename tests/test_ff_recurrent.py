@@ -52,6 +52,8 @@ def test_ff_recurrent_refuses_non_mlp_and_bad_options(digits):
         create_rule("ff-recurrent", mlp, digits.task, steps=2, score_from=3)
     with pytest.raises(UserError, match="damping"):
         create_rule("ff-recurrent", mlp, digits.task, damping=1.0)
+    with pytest.raises(UserError, match="negatives"):
+        create_rule("ff-recurrent", mlp, digits.task, negatives="worst")
 
 
 def fit(epochs: int, frozen: bool) -> float:
@@ -63,5 +65,5 @@ def fit(epochs: int, frozen: bool) -> float:
 
 def test_ff_recurrent_learns_digits_and_beats_frozen_control():
     trained, frozen = fit(6, False), fit(6, True)
-    assert trained > 0.6, trained  # chance is 0.1
+    assert trained > 0.7, trained  # chance is 0.1; measured 0.841 against 0.103 frozen
     assert trained > frozen + 0.2, (trained, frozen)

@@ -59,9 +59,10 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
+from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules.base import ParamGroup, Rule
-from locallearn.rules.ff_common import ELEMENTWISE, check_option, goodness, normalise, wrong_labels
+from locallearn.rules.ff_common import ELEMENTWISE, goodness, normalise, wrong_labels
 
 
 def split_mlp_block(block: nn.Module) -> tuple[nn.Linear, nn.Sequential] | None:
@@ -85,24 +86,25 @@ class RecurrentForwardForward(Rule):
     supports_kinds = ("image", "signal", "vector")
     rows_per_example = 2  # positive then negative data
 
+    options = (
+        Option("steps", int, "synchronous updates after the bottom-up pass", low=1),
+        Option("damping", float, "share of the previous state kept at each update",
+               low=0, high=0.99),
+        Option("score_from", int, "first step whose goodness counts for prediction", low=1),
+        Option("threshold", float, "goodness threshold theta of the logistic loss"),
+        Option("label_scale", float, "size of the one-hot label clamped at the top", above=0),
+        Option("negatives", str, "wrong labels: random, or the best-scoring wrong one",
+               choices=("random", "hardest")),
+    )
+
     def __init__(self, network: Network, task: Task, steps: int = 4, damping: float = 0.3,
                  score_from: int = 2, threshold: float = 2.0, label_scale: float = 5.0,
                  negatives: str = "hardest") -> None:
         super().__init__(network, task)
-        steps = check_option(self.name, "steps", steps, int)
-        score_from = check_option(self.name, "score_from", score_from, int)
-        self.damping = check_option(self.name, "damping", damping, float)
-        self.threshold = check_option(self.name, "threshold", threshold, float)
-        self.label_scale = check_option(self.name, "label_scale", label_scale, float)
-        if steps < 1 or not 1 <= score_from <= steps:
-            raise UserError(f"rule {self.name!r} needs steps >= 1 and 1 <= score_from <= steps;"
-                            f" got steps={steps}, score_from={score_from}")
-        if not 0.0 <= self.damping < 1.0:
-            raise UserError(f"rule {self.name!r} option damping must be in [0, 1), "
-                            f"got {self.damping}")
-        if negatives not in ("random", "hardest"):
-            raise UserError(f"rule {self.name!r} option negatives must be random or hardest, "
-                            f"got {negatives!r}")
+        if score_from > steps:
+            raise UserError(f"rule {self.name!r} needs score_from <= steps; got steps={steps}, "
+                            f"score_from={score_from}")
+        self.damping, self.threshold, self.label_scale = damping, threshold, label_scale
         self.steps, self.score_from, self.negatives = steps, score_from, negatives
         parts = [split_mlp_block(b) for b in network.blocks]
         if any(p is None for p in parts):
