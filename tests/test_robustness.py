@@ -65,3 +65,32 @@ def test_inspect_prints_clean_and_attacked_accuracy(trained, cli):
     assert "zeros" in p.stdout and "dead" in p.stdout  # activity columns
     p = cli("inspect", str(out), "--eps", "0.1")
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_suite_attack_setting_adds_robustness_rows_and_report_table(tmp_path):
+    from locallearn.bench.runner import read_results, run_suite
+    from locallearn.bench.suite import parse_suite
+
+    suite = parse_suite("attack", """
+description: robustness of one rule
+kind: train
+rules: [usf]
+tasks:
+  - {data: digits, net: "mlp:16"}
+seeds: [0]
+options: {epochs: 2, batch_size: 64, measure_memory: false, early_exit: false}
+settings: {attack: {kind: fgsm, eps: 1.0}}
+""")
+    counts = run_suite(suite, tmp_path, device="cpu", quiet=True)
+    assert counts.get("ok") == 1, counts
+    rows = read_results(tmp_path)
+    for row in rows:
+        hit = row["robustness"]
+        assert hit["attack"] == "fgsm" and hit["eps"] == 1.0
+        assert hit["attacked_accuracy"] < hit["clean_accuracy"]
+        assert hit["clean_accuracy"] == row["test_accuracy"]
+    from locallearn.report import write_report
+
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "## Robustness" in md and "| usf | digits | mlp:16 | fgsm | 1 |" in md

@@ -36,9 +36,10 @@ def train_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str
 
     train_options, sections = split_options(cell.options)
     train_options.setdefault("device", device)
-    s = train(rule=cell.rule, data=cell.data, net=cell.net, seed=cell.seed, out=str(cell_dir),
-              overwrite=True, quiet=True, checkpoint=False, rule_options=cell.rule_options,
-              **sections, **train_options).summary
+    result = train(rule=cell.rule, data=cell.data, net=cell.net, seed=cell.seed,
+                   out=str(cell_dir), overwrite=True, quiet=True, checkpoint=False,
+                   rule_options=cell.rule_options, **sections, **train_options)
+    s = result.summary
     history = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
     keep = ("epochs", "test_accuracy", "best_val_accuracy", "best_epoch",
@@ -50,7 +51,26 @@ def train_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str
                        "elapsed_train_seconds": h["elapsed_train_seconds"],
                        "loss": sum(h["loss"]) if h.get("loss") else None,
                        "diagnostics": h.get("diagnostics")} for h in history]
+    if settings.get("attack"):
+        row["robustness"] = attack_row(result, settings["attack"], train_options["device"])
     return row
+
+
+def attack_row(result: Any, attack: dict[str, Any], device: str) -> dict[str, Any] | None:
+    """Clean and attacked test accuracy of a trained cell (suite ``settings: {attack:
+    {kind: fgsm|pgd, eps: E, steps: N}}``); None for data with its own evaluation."""
+    from locallearn.errors import UserError
+    from locallearn.measure.robustness import robust_accuracy
+    from locallearn.training.trainer import resolve_device
+
+    if not isinstance(attack, dict) or "kind" not in attack or "eps" not in attack:
+        raise UserError("suite settings attack must be a mapping with kind and eps, e.g. "
+                        "{kind: fgsm, eps: 0.1}")
+    if getattr(result.dataset, "evaluate", None) is not None:
+        return None
+    return robust_accuracy(result.rule, result.dataset, "test", str(attack["kind"]),
+                           float(attack["eps"]), int(attack.get("steps", 10)),
+                           device=resolve_device(device))
 
 
 def _setup(cell: Cell, device: str, batch_size: int):

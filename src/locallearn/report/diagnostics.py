@@ -102,3 +102,25 @@ def diagnostics_plots(groups: dict[tuple, list[dict[str, Any]]], plt,
                 ax.legend(fontsize=6, ncol=2)
         out[title] = fig
     return out
+
+
+def robustness_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[list[str]]:
+    """Clean and attacked test accuracy of suites run with ``settings: {attack: ...}``."""
+    table = [["rule", "data", "net", "attack", "eps (raw input units)", "seeds",
+              "clean accuracy", "attacked accuracy"]]
+    for (data, net, rule, _), group in groups.items():
+        hits = [g["robustness"] for g in group if g.get("robustness")]
+        if not hits:
+            continue
+        attack = hits[0]["attack"] + (f" ({hits[0]['steps']} steps)"
+                                      if hits[0]["attack"] == "pgd" else "")
+        table.append([str(rule), str(data), str(net), attack, f"{hits[0]['eps']:g}",
+                      str(len(hits)), _mean_std([h["clean_accuracy"] for h in hits]),
+                      _mean_std([h["attacked_accuracy"] for h in hits])])
+    return table if len(table) > 1 else []
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"

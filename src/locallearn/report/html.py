@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from locallearn.report.diagnostics import diagnostics_plots, diagnostics_table
+from locallearn.report.diagnostics import diagnostics_plots, diagnostics_table, robustness_table
 
 # A local rule's activation memory should be at most this many times backprop's
 # divided by the depth (issue 7's target, for depth >= MEMORY_TARGET_MIN_DEPTH).
@@ -404,6 +404,8 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
                 ("Diagnostics at the last epoch (per layer / block, mean over seeds; "
                  "alignment angles in degrees)", diagnostics_table(_groups(rows, "train")),
                  "diagnostics"),
+                ("Robustness: test accuracy under a white-box attack (mean ± std over seeds)",
+                 robustness_table(_groups(rows, "train")), "robustness"),
                 ("Skipped and failed cells", status_table(rows), "status")]
     sections = [(t, tab, c) for t, tab, c in sections if tab and len(tab) > 1]
 
