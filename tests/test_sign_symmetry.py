@@ -160,3 +160,21 @@ def test_feedback_has_w_signs_and_the_rule_s_magnitudes(digits):
     rule = rules["usf"]
     x, y = digits.train.x[:16], digits.train.y[:16]
     torch.testing.assert_close(rule.losses(x, y)[0], F.cross_entropy(rule.network(x), y))
+
+
+@pytest.mark.parametrize("name", ["fa", "dfa", "usf", "brsf", "frsf"])
+def test_your_own_conv_model_trains_with_feedback_rules(name, digits):
+    """Bring-your-own model: a plain conv nn.Sequential, converted in one call."""
+    import locallearn as ll
+
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, padding=1)]
+    model = torch.nn.Sequential(convs[0], torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                convs[1], torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    r = ll.train(rule=name, model=model, train=(digits.train.x, digits.train.y),
+                 val=(digits.val.x, digits.val.y), test=(digits.test.x, digits.test.y),
+                 epochs=4, batch_size=32, quiet=True, early_exit=False, checkpoint=False,
+                 measure_memory=False)
+    assert r.summary["test_accuracy"] > 0.5, r.summary["test_accuracy"]  # chance 0.1
+    if name != "dfa":  # the user's own convolutions run through the feedback path
+        assert [id(m) for m in r.rule.layers[:2]] == [id(c) for c in convs]
