@@ -332,3 +332,35 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code.replace('epochs=5', 'epochs=1, quiet=True'), "README", "exec"), {})
     assert (tmp_path / "runs" / "mine" / "model.pt2").exists()
+
+
+def test_link_prediction_selects_epochs_on_validation_auc(tmp_path):
+    r = ll.train(rule="mono-forward", data="csbm", net="gcn:16", epochs=6, lr=0.01, quiet=True,
+                 patience=2, data_options={"nodes": 150, "task": "link", "homophily": 0.9},
+                 out=str(tmp_path / "run"))
+    s = r.summary
+    assert s["selected_on"] == "val_auc"
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    aucs = [h["val_auc"] for h in history]
+    assert s["best_epoch"] == aucs.index(max(aucs)) and s["best_val_auc"] == max(aucs)
+
+
+def test_report_groups_by_configuration_not_with_pruned_copies(tmp_path, capsys):
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        ll.train(rule="mono-forward", data="digits", net="mlp:16,16", epochs=1, seed=seed,
+                 quiet=True, early_exit=False, out=str(root / f"s{seed}"))
+    assert run_cli(capsys, "prune", str(root / "s0"), "--keep", "1", "--out",
+                   str(root / "pruned"))[0] == 0
+    code, _, err = run_cli(capsys, "report", str(root))
+    assert code == 0, err
+    md = (root / "report.md").read_text()
+    results = md.split("## Results")[1].split("\n## ")[0]
+    rows = [line for line in results.splitlines() if line.startswith("| mono-forward")]
+    assert len(rows) == 2  # the two seeds together; the pruned copy on its own
+    seeds = sorted(row.split("|")[5].strip() for row in rows)
+    assert seeds == ["1", "2"]
+    assert any("pruned" in row for row in rows)
+    assert "2 runs averaged as seeds [0, 1]" in md
+    hardware = [line for line in md.splitlines() if line.startswith("Hardware:")]
+    assert hardware and not any("?" in line for line in hardware)

@@ -73,7 +73,7 @@ def test_report_rebuilds_from_results(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "report.md").read_text()
     assert "Test CPU 9000, 2 cores, 2 torch threads" in md
-    assert "| mono-forward | digits | mlp:32,32 | 2 | 3 | 0.8550 ± 0.0071 |" in md
+    assert "| mono-forward | digits | mlp:32,32 | - | 2 | 3 | 0.8550 ± 0.0071 |" in md
     assert "| skipped | gnn-only: 1 cell | gnn-only supports graph data, digits is image |" in md
     page = (tmp_path / "report.html").read_text()
     assert page.count("<img") == 4  # accuracy curves, per-layer, memory, efficiency; and

@@ -26,6 +26,7 @@ from torch import nn
 
 from locallearn.data import load_dataset
 from locallearn.errors import UserError
+from locallearn.measure.hardware import hardware_info
 from locallearn.networks import create_network
 from locallearn.networks.network import Network
 from locallearn.rules import RULES, Rule, create_rule
@@ -173,8 +174,9 @@ def save_model(out: Path, rule: Rule, config: dict[str, Any], transforms: list[d
     save_checkpoint(out, tensors, {"epoch": -1, "rule_extra": rule.extra_state(),
                                    "run": run_info, "transforms": transforms})
     (out / "summary.json").write_text(json.dumps(
-        {**run_info, "transforms": transforms, **summary,
-         "torch_version": torch.__version__}, indent=1, default=str))
+        {**run_info, "transforms": transforms, **summary, "seed": config.get("train", {}).get(
+            "seed"), "train_config": config.get("train", {}), "torch_version": torch.__version__,
+         "hardware": hardware_info("cpu")}, indent=1, default=str))
 
 
 def drop_modules(rule: Rule, modules: list[nn.Module]) -> None:

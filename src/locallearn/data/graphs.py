@@ -137,6 +137,12 @@ class GraphDataset:
     test_fraction: float = 0.2
     info: dict = field(default_factory=dict)
 
+    @property
+    def selection_metric(self) -> str:
+        """What picks the best epoch: link scores are ranked (AUC); accuracy at a fixed
+        threshold stays near 0.5 while the ranking improves."""
+        return "auc" if self.graph_task == "link" else "accuracy"
+
     def __post_init__(self) -> None:
         n = self.x.shape[0]
         self.pairs = undirected_pairs(self.edge_index)

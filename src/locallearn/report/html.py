@@ -91,8 +91,12 @@ def _html_table(rows: list[list[str]], css_class: str) -> str:
 def hardware_lines(rows: list[dict[str, Any]]) -> list[str]:
     """One line per distinct machine/threads/torch combination in the rows."""
     seen = []
+    unknown = 0
     for r in rows:
         hw = r.get("hardware") or {}
+        if not hw:
+            unknown += 1
+            continue
         gpu = f", GPU {hw['gpu']}" if hw.get("gpu") else ", no GPU"
         line = (f"{hw.get('cpu', '?')}, {hw.get('cpu_count', '?')} cores, "
                 f"{hw.get('torch_threads', '?')} torch threads{gpu}; "
@@ -100,6 +104,8 @@ def hardware_lines(rows: list[dict[str, Any]]) -> list[str]:
                 f"torch {hw.get('torch_version', '?')}, Python {hw.get('python', '?')}")
         if line not in seen:
             seen.append(line)
+    if unknown:
+        seen.append(f"{unknown} result(s) without a recorded machine (made by an older version)")
     return seen
 
 
@@ -107,31 +113,90 @@ def _rule_order(rule: str) -> tuple[int, str]:
     return (0 if rule == "backprop" else 1, rule)
 
 
+# Settings that make two runs different experiments (everything but the seed and where /
+# how the run was kept): runs that agree on all of them are averaged as seeds.
+CONFIG_TRAIN_KEYS = ("epochs", "batch_size", "lr", "optimizer", "momentum", "weight_decay",
+                     "schedule", "patience", "freeze_blocks", "extra")
+
+
+def config_of(r: dict[str, Any]) -> dict[str, Any]:
+    """The configuration of a result row, without its seed."""
+    train = r.get("train_config") or {}
+    return {"options": r.get("options") or None, "rule_options": r.get("rule_options") or None,
+            "data_options": r.get("data_options") or None,
+            "net_options": r.get("net_options") or None,
+            "transforms": r.get("transforms") or None, "user_model": r.get("user_model"),
+            "task": r.get("task"),
+            **{f"train.{k}": train.get(k) for k in CONFIG_TRAIN_KEYS if k in train}}
+
+
 def _groups(rows: list[dict[str, Any]], kind: str) -> dict[tuple, list[dict[str, Any]]]:
-    """Rows of one kind grouped by everything but the seed."""
+    """Rows of one kind grouped by their configuration (everything but the seed): a
+    pruned or grown copy of a run, or a run with other settings, is its own group."""
     out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         if r.get("kind", "train") == kind and r.get("status", "ok") == "ok":
-            opts = json.dumps({"o": r.get("options"), "r": r.get("rule_options")}, sort_keys=True)
+            opts = json.dumps(config_of(r), sort_keys=True, default=str)
             out[(r.get("data"), r.get("net"), r.get("rule"), opts)].append(r)
     return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], _rule_order(kv[0][2]),
                                                        kv[0][3])))
+
+
+def _transform_label(transforms: list[dict[str, Any]] | None) -> str:
+    parts = []
+    for t in transforms or []:
+        if t.get("kind") == "prune":
+            what = [f"skip {t['skip']}"] if t.get("skip") else []
+            what += [f"cut after block {t['exit']}"] if t.get("exit") is not None else []
+            parts.append("pruned (" + ", ".join(what or ["nothing"]) + ")")
+        elif t.get("kind") == "grow":
+            parts.append(f"grown (+{t.get('blocks')} blocks)")
+    return "; ".join(parts)
+
+
+def config_labels(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """A short label per configuration: the settings that vary across the rows."""
+    configs = {json.dumps(config_of(r), sort_keys=True, default=str): config_of(r)
+               for r in rows if r.get("kind", "train") == "train" and r.get("status", "ok") == "ok"}
+    varying = {k for c in configs.values() for k in c
+               if len({json.dumps(o.get(k), sort_keys=True, default=str)
+                       for o in configs.values()}) > 1}
+    labels = {}
+    for key, c in configs.items():
+        parts = [_transform_label(c.get("transforms"))] if "transforms" in varying else []
+        parts += [f"{k.removeprefix('train.')}={json.dumps(c[k], default=str)}"
+                  for k in sorted(varying) if k != "transforms" and c.get(k) is not None]
+        labels[key] = "; ".join(p for p in parts if p) or "-"
+    return labels
+
+
+def grouping_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """What was averaged: one line per group of more than one run."""
+    lines = []
+    for (data, net, rule, _), group in _groups(rows, "train").items():
+        seeds = [g.get("seed") for g in group]
+        where = ", ".join(str(g.get("key", "?")) for g in group)
+        if len(group) > 1:
+            lines.append(f"{rule} on {data} ({net}): {len(group)} runs averaged as seeds "
+                         f"{seeds} (same settings): {where}")
+    return lines
 
 
 # -- tables ----------------------------------------------------------------------
 
 def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Train rows, mean ± std over seeds."""
-    table = [["rule", "data", "net", "seeds", "epochs", "test accuracy", "train s",
+    labels = config_labels(rows)
+    table = [["rule", "data", "net", "settings", "seeds", "epochs", "test accuracy", "train s",
               "samples/s", "peak memory MiB", "per-layer test accuracy"]]
-    for (data, net, rule, _), group in _groups(rows, "train").items():
+    for (data, net, rule, config), group in _groups(rows, "train").items():
         per_layer = [g["per_layer_test_accuracy"] for g in group
                      if g.get("per_layer_test_accuracy")]
         per = "-"
         if per_layer and len({len(p) for p in per_layer}) == 1:
             per = " ".join(f"{statistics.mean(col):.3f}" for col in zip(*per_layer, strict=True))
         table.append([
-            str(rule), str(data), str(net), str(len(group)),
+            str(rule), str(data), str(net), labels.get(config, "-"), str(len(group)),
             _same_or_range([g.get("epochs") for g in group]),
             _mean_std([g.get("test_accuracy") for g in group], ".4f"),
             _mean_std([g.get("train_seconds") for g in group], ".1f"),
@@ -413,6 +478,10 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
     if description:
         md += [description, ""]
     md += [f"Hardware: {line}" for line in hardware] + ["", f"Generated {generated}.", ""]
+    grouped = grouping_lines(rows)
+    md += ["Grouped: runs agreeing on every setting but the seed are averaged; " + (
+        "none were." if not grouped else f"{len(grouped)} group(s):"), ""]
+    md += [f"- {line}" for line in grouped] + ([""] if grouped else [])
     for t, tab, _ in sections:
         md += [f"## {t}", "", _markdown_table(tab), ""]
     if not sections:
@@ -427,6 +496,9 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
     if not sections:
         body = "<p>No finished runs yet.</p>"
     hw = "".join(f"<li>{html.escape(line)}</li>" for line in hardware)
+    groups_html = "<p>Grouped: runs agreeing on every setting but the seed are averaged; " + (
+        "none were.</p>" if not grouped else "</p><ul>" + "".join(
+            f"<li>{html.escape(line)}</li>" for line in grouped) + "</ul>")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em;color:#222;}} table{{border-collapse:collapse;
@@ -435,7 +507,7 @@ font-size:0.9em;}} th{{background:#eee;}} td:first-child{{text-align:left;font-w
 img{{max-width:100%;display:block;margin-bottom:1em;}} .status td{{text-align:left;}}</style>
 </head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(description)}</p>
-<p>Hardware:</p><ul>{hw}</ul><p>Generated {generated}.</p>
+<p>Hardware:</p><ul>{hw}</ul>{groups_html}<p>Generated {generated}.</p>
 {body}{figures}</body></html>
 """
     (out_dir / "report.html").write_text(page)

@@ -146,6 +146,16 @@ def evaluate(rule: Rule, loader, device: torch.device, per_block: bool = True) -
     }
 
 
+def selection_score(dataset, val: dict[str, Any]) -> tuple[str, float | None]:
+    """The validation figure that picks the best epoch: the dataset's ``selection_metric``
+    (link prediction: AUC, as accuracy at a fixed threshold stays near 0.5), else accuracy."""
+    metric = getattr(dataset, "selection_metric", "accuracy")
+    value = val.get(metric)
+    if value is None or not math.isfinite(value):
+        return "accuracy", val["accuracy"]
+    return metric, float(value)
+
+
 class Trainer:
     """Trains a rule on a dataset and writes the run directory.
 
@@ -286,6 +296,9 @@ class Trainer:
                       "val_per_block_accuracy": val["per_block_accuracy"],
                       "train_seconds": epoch_seconds, "samples": n_samples,
                       "elapsed_train_seconds": train_seconds}
+            metric, value = selection_score(dataset, val)
+            if metric != "accuracy":
+                record[f"val_{metric}"] = value
             if probe is not None:
                 record["diagnostics"] = epoch_diagnostics(rule, probe)
             history.append(record)
@@ -293,9 +306,10 @@ class Trainer:
             if val["accuracy"] is None and cfg.patience:
                 raise UserError("patience (early stopping) needs a validation split, and "
                                 "this dataset's is empty; set patience=0")
-            improved = val["accuracy"] is not None and val["accuracy"] > best["val_accuracy"]
+            improved = value is not None and value > best.get("value", best["val_accuracy"])
             if improved:
-                best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+                best = {"val_accuracy": val["accuracy"], "epoch": epoch, "metric": metric,
+                        "value": value}
                 if cfg.patience:  # kept in memory: restoring needs no checkpoint files
                     self._best_state = snapshot(rule)
             if self.out is not None and cfg.checkpoint:
@@ -362,6 +376,9 @@ class Trainer:
             "test_accuracy": test["accuracy"],
             "best_val_accuracy": best["val_accuracy"] if best["epoch"] >= 0 else None,
             "best_epoch": best["epoch"],
+            "selected_on": f"val_{best.get('metric', 'accuracy')}",
+            **({f"best_val_{best['metric']}": best["value"]}
+               if best.get("metric", "accuracy") != "accuracy" else {}),
             "per_layer_test_accuracy": test["per_block_accuracy"],
             **{f"test_{k}": v for k, v in test.items()
                if k not in ("accuracy", "per_block_accuracy")},
