@@ -127,3 +127,16 @@ def test_report_shows_diagnostics(tmp_path):
     for title in ("Alignment angles by epoch", "Activity by epoch",
                   "Forward-Forward goodness by epoch"):
         assert title in page
+
+
+def test_diagnostics_leave_batch_norm_statistics_alone(digits):
+    from locallearn.measure.diagnostics import epoch_diagnostics
+
+    net = create_network("mlp:8", digits.input_shape, digits.num_classes)
+    net.blocks[0].body.append(torch.nn.BatchNorm1d(8))
+    rule = create_rule("fa", net, digits.task).train()
+    bn = net.blocks[0].body[-1]
+    before = bn.running_mean.clone()
+    d = epoch_diagnostics(rule, probe_batch(digits, torch.device("cpu")))
+    assert torch.equal(bn.running_mean, before) and rule.training
+    assert len(d["gradient_alignment"]) == 2

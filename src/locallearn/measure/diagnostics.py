@@ -16,8 +16,8 @@ independent random tensors give), 0 means the same direction.
 
 The batch is the first ``PROBE_ROWS`` rows of the training split in their stored
 order, the same every epoch. The measurement runs outside the timed part of the epoch,
-with the random number generator's state put back afterwards, so a run trains exactly
-as it would without it.
+in eval mode, with the random number generator's state put back afterwards, so a run
+trains exactly as it would without it.
 """
 
 from __future__ import annotations
@@ -130,9 +130,16 @@ def epoch_diagnostics(rule: Any, probe: tuple[Tensor, Tensor] | None) -> dict[st
     if probe is None:
         return {}
     x, y = probe
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        out: dict[str, Any] = dict(activity(rule, x))
-        out.update(rule.epoch_diagnostics(x, y))
+    # Eval mode: dropout off, and batch-norm running statistics (in a model of your own)
+    # are read, not updated, so the measurement leaves training as it was.
+    was = rule.training
+    rule.eval()
+    try:
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            out: dict[str, Any] = dict(activity(rule, x))
+            out.update(rule.epoch_diagnostics(x, y))
+    finally:
+        rule.train(was)
     return out
 
 
