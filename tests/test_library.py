@@ -364,3 +364,45 @@ def test_report_groups_by_configuration_not_with_pruned_copies(tmp_path, capsys)
     assert "2 runs averaged as seeds [0, 1]" in md
     hardware = [line for line in md.splitlines() if line.startswith("Hardware:")]
     assert hardware and not any("?" in line for line in hardware)
+
+
+def test_crop_flip_is_a_shifted_window_and_seeded():
+    from locallearn.data.augment import crop_flip
+
+    x = torch.randn(64, 3, 8, 8)
+    out = crop_flip(x, torch.Generator().manual_seed(3), padding=2)
+    assert out.shape == x.shape
+    assert torch.equal(out, crop_flip(x, torch.Generator().manual_seed(3), padding=2))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(64):  # each image is one window of the padded image, maybe mirrored
+        windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+    assert not torch.equal(out, x)
+
+
+def test_cifar10_augment_option_and_recipe_on_tiny_real_format_files(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from datafiles import write_cifar10
+
+    write_cifar10(tmp_path, per_batch=12, n_test=20)
+    data = ll.load_dataset("cifar10", data_dir=tmp_path, augment=True)
+    first = next(data.loader("train", 16, shuffle=True, seed=5))[0]
+    again = next(data.loader("train", 16, shuffle=True, seed=5))[0]
+    plain = next(data.loader("val", 16))[0]
+    assert torch.equal(first, again) and first.shape == (16, 3, 32, 32)
+    assert torch.equal(plain, data.val.x[:16])  # val and test are never augmented
+
+    path = Path(__file__).parents[1] / "benchmarks" / "cifar10.py"
+    spec = importlib.util.spec_from_file_location("cifar10_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--data-dir", str(tmp_path), "--rules", "backprop,mono-forward", "--net",
+                "cnn:4", "--epochs", "1", "--augment", "--amp", "--workers", "1",
+                "--pin-memory", "--device", "cpu", "--json", str(tmp_path / "r.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["rule"] for r in rows] == ["backprop", "mono-forward"]
+    for r in rows:
+        assert r["epochs"] == 1 and r["train_config"]["amp"] is True
+        assert 0 <= r["test_accuracy"] <= 1 and r["normalisation"]["applied"]

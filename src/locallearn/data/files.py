@@ -18,15 +18,18 @@ per channel with training statistics only.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from locallearn.data import DATASETS
+from locallearn.data.augment import crop_flip
 from locallearn.data.base import Dataset, RawData, split_and_normalise
 from locallearn.data.safe_pickle import NUMPY, safe_load
 from locallearn.errors import UserError
@@ -167,9 +170,19 @@ def read_cifar_batch(path: Path, label_key: bytes) -> tuple[np.ndarray, np.ndarr
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar(dataset: str, names: tuple[str, ...], train_files: tuple[str, ...],
-               test_file: str, label_key: bytes, num_classes: int, data_dir, seed: int,
-               val_fraction: float) -> Dataset:
+CIFAR = {
+    "cifar10": (("cifar-10-batches-py", "cifar10", "cifar10/cifar-10-batches-py"),
+                tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10),
+    "cifar100": (("cifar-100-python", "cifar100", "cifar100/cifar-100-python"),
+                 ("train",), "test", b"fine_labels", 100),
+}
+
+
+def cifar_arrays(dataset: str, data_dir) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray, int]:
+    """uint8 images (N, 3, 32, 32) and labels of the training and test files, and the
+    number of classes, as in the standard python batches."""
+    names, train_files, test_file, label_key, num_classes = CIFAR[dataset]
     root = resolve_data_dir(data_dir)
     train = [read_cifar_batch(find_file(root, names, (f,), dataset), label_key)
              for f in train_files]
@@ -179,24 +192,53 @@ def load_cifar(dataset: str, names: tuple[str, ...], train_files: tuple[str, ...
     top = max(y.max(), y_test.max())
     if min(y.min(), y_test.min()) < 0 or top >= num_classes:
         raise UserError(f"{dataset}: label {top} out of range 0..{num_classes - 1}")
+    return x, y, x_test, y_test, num_classes
+
+
+@dataclass
+class AugmentedDataset(Dataset):
+    """An in-memory image dataset whose training batches are randomly cropped (zero
+    padding of ``padding`` pixels, black in raw pixels) and flipped left-right; val and
+    test are left as they are. Crops and flips of an epoch depend only on its seed."""
+
+    padding: int = 4
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0):
+        batches = super().loader(split, batch_size, shuffle, seed)
+        if split != "train" or not shuffle:
+            return batches
+        g = torch.Generator().manual_seed(seed + 7919)
+        black = -self.mean.flatten() / self.std.flatten() if self.mean is not None else None
+        return ((crop_flip(x, g, self.padding, black), y) for x, y in batches)
+
+
+def load_cifar(dataset: str, data_dir, seed: int, val_fraction: float,
+               augment: bool = False) -> Dataset:
+    x, y, x_test, y_test, num_classes = cifar_arrays(dataset, data_dir)
 
     def images(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.float32) / 255.0)
 
     raw = RawData(images(x), torch.from_numpy(y), images(x_test), torch.from_numpy(y_test),
                   kind="image", num_classes=num_classes)
-    return split_and_normalise(dataset, raw, seed, val_fraction)
+    data = split_and_normalise(dataset, raw, seed, val_fraction)
+    if not augment:
+        return data
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(Dataset)}
+    data = AugmentedDataset(**fields)
+    data.info["augment"] = "random crop (padding 4) + horizontal flip, training batches"
+    return data
 
 
-@DATASETS.register("cifar10", help="CIFAR-10 50,000 / 10,000 from the python batches in --data-dir")
-def cifar10(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
-    return load_cifar("cifar10", ("cifar-10-batches-py", "cifar10", "cifar10/cifar-10-batches-py"),
-                      tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10,
-                      data_dir, seed, val_fraction)
+@DATASETS.register("cifar10", help="CIFAR-10 50,000 / 10,000 from the python batches in --data-dir "
+                                   "(augment=true: random crop + flip)")
+def cifar10(seed: int = 0, data_dir=None, val_fraction: float = 0.1,
+            augment: bool = False) -> Dataset:
+    return load_cifar("cifar10", data_dir, seed, val_fraction, augment)
 
 
 @DATASETS.register("cifar100",
                    help="CIFAR-100 (fine labels) 50,000 / 10,000 from python files in --data-dir")
-def cifar100(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
-    return load_cifar("cifar100", ("cifar-100-python", "cifar100", "cifar100/cifar-100-python"),
-                      ("train",), "test", b"fine_labels", 100, data_dir, seed, val_fraction)
+def cifar100(seed: int = 0, data_dir=None, val_fraction: float = 0.1,
+             augment: bool = False) -> Dataset:
+    return load_cifar("cifar100", data_dir, seed, val_fraction, augment)

@@ -55,6 +55,9 @@ class TrainConfig:
     checkpoint: bool = True
     measure_memory: bool = True
     threads: int = 0  # torch CPU threads for this run (torch.set_num_threads); 0 = torch's
+    # Mixed precision: the training step's forward under torch.autocast (bfloat16, which
+    # needs no loss scaling); evaluation stays in float32.
+    amp: bool = False
     eval_batch_size: int = 1024
     early_exit: bool = True  # rules with readouts: early-exit sweep + timing in summary.json
     # The frozen control: blocks keep their random init; only head/readouts learn.
@@ -275,7 +278,9 @@ class Trainer:
                                     seed=cfg.seed * 100_003 + epoch)
             for x, y in loader:
                 x, y = to_device(x, self.device), to_device(y, self.device)
-                losses = self._step(rule, optimizers, x, y)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                    losses = self._step(rule, optimizers, x, y)
+                losses = losses.float()  # under amp, some losses may be bfloat16
                 loss_sum = losses if loss_sum is None else loss_sum + losses
                 n_batches += 1
                 n_samples += int(y.shape[0]) if hasattr(y, "shape") else 1
