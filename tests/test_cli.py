@@ -252,7 +252,7 @@ def test_existing_run_is_never_destroyed(capsys, tmp_path):
     assert summary(out)["epochs"] == 2 and (out / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("damage", ["safetensors", "json", "config"])
+@pytest.mark.parametrize("damage", ["safetensors", "truncated", "config"])
 def test_corrupted_checkpoint_is_one_line(capsys, tmp_path, damage):
     out = tmp_path / "run"
     assert run(capsys, "train", *FAST, "--epochs", "1", "--out", str(out))[0] == 0
@@ -260,8 +260,9 @@ def test_corrupted_checkpoint_is_one_line(capsys, tmp_path, damage):
         data = bytearray((out / "checkpoint.safetensors").read_bytes())
         data[len(data) // 2] ^= 0xFF
         (out / "checkpoint.safetensors").write_bytes(bytes(data))
-    elif damage == "json":
-        (out / "checkpoint.json").write_text('{"epoch": 0, "best"')
+    elif damage == "truncated":
+        data = (out / "checkpoint.safetensors").read_bytes()
+        (out / "checkpoint.safetensors").write_bytes(data[:len(data) // 2])
     else:
         (out / "config.json").write_text("not json")
     code, _, err = run(capsys, "train", "--resume", "--epochs", "2", "--out", str(out), "--quiet")

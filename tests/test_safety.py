@@ -110,3 +110,191 @@ def test_crafted_run_folder_runs_nothing(tmp_path, trained_run, capsys, command)
     line = cli_error(capsys, *argv)
     assert "refusing to load" in line
     assert not marker.exists()
+
+
+# -- checkpoints atomic as a set; metrics agree; one writer -------------------------------
+
+FAST = ("--rule", "backprop", "--data", "digits", "--net", "mlp:16", "--batch-size", "128",
+        "--quiet", "--seed", "3")
+
+
+def final_tensors(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "checkpoint.safetensors"))
+
+
+def test_a_kill_between_any_two_checkpoint_writes_resumes_exactly(tmp_path, monkeypatch,
+                                                                  capsys):
+    """Interrupt the run at every file replacement of a 2-epoch run in turn (the writes of
+    best.*, checkpoint.* and their .prev/.json), resume, and get the uninterrupted result."""
+    import torch
+
+    from locallearn.training import checkpoint
+    from locallearn.training.runfolder import holds_run
+
+    full = tmp_path / "full"
+    assert main(["train", *FAST, "--epochs", "2", "--out", str(full)]) == 0
+    expected = final_tensors(full)
+    real_replace, calls = os.replace, []
+
+    def counting(src, dst):
+        calls.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", counting)
+    assert main(["train", *FAST, "--epochs", "2", "--out", str(tmp_path / "count")]) == 0
+    n_writes = len(calls)
+    assert n_writes >= 9
+    for k in range(n_writes):
+        out = tmp_path / f"kill{k}"
+        seen = []
+
+        def dying(src, dst, k=k, seen=seen):
+            seen.append(dst)
+            if len(seen) == k + 1:
+                raise KeyboardInterrupt  # the process dies just before this write
+            real_replace(src, dst)
+
+        monkeypatch.setattr(checkpoint.os, "replace", dying)
+        assert main(["train", *FAST, "--epochs", "2", "--out", str(out)]) == 130
+        monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+        capsys.readouterr()
+        # Before the first checkpoint's commit no epoch is complete: train afresh.
+        first = not holds_run(out)
+        argv = ["train", *FAST, "--epochs", "2", "--out", str(out)] if first else \
+            ["train", "--resume", "--out", str(out), "--quiet"]
+        assert main(argv) == 0, (k, capsys.readouterr().err)
+        got = final_tensors(out)
+        assert got.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(got[name], expected[name]), (k, name)
+        epochs = [json.loads(line)["epoch"] for line in
+                  (out / "metrics.jsonl").read_text().splitlines()]
+        assert epochs == [0, 1], (k, epochs)
+        assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+
+
+def test_a_damaged_newest_checkpoint_resumes_from_the_previous(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--epochs", "2", "--out", str(out)]) == 0
+    data = bytearray((out / "checkpoint.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (out / "checkpoint.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "3", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "previous checkpoint" in err and "epoch 1" in err
+    epochs = [json.loads(line)["epoch"] for line in
+              (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+
+
+def test_report_skips_a_torn_metrics_line(trained_run, capsys):
+    with open(trained_run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "loss": [0.')
+    assert main(["report", str(trained_run.parent)]) == 0
+    err = capsys.readouterr().err
+    assert "metrics.jsonl:2" in err and "skipped" in err
+
+
+def test_a_second_writer_is_refused_and_a_stale_lock_taken_over(trained_run, capsys):
+    from locallearn.training.runfolder import LOCK_NAME, RunLock
+
+    with RunLock(trained_run):
+        line = cli_error(capsys, "train", *FAST, "--epochs", "2", "--out", str(trained_run),
+                         "--overwrite")
+        assert f"pid {os.getpid()}" in line and "in use" in line
+        line = cli_error(capsys, "train", "--resume", "--epochs", "2", "--out",
+                         str(trained_run), "--quiet")
+        assert "in use" in line
+    assert not (trained_run / LOCK_NAME).exists()
+    # A lock file left by a dead process (kill -9) is taken over, with a note.
+    (trained_run / LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 7, "host": "gone"}))
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(trained_run),
+                 "--quiet"]) == 0
+    assert "took over the stale lock" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two real processes: ~25 s on the shared 2-core machine
+def test_two_processes_on_one_folder(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    first = subprocess.Popen([sys.executable, "-m", "locallearn", "train", *FAST, "--epochs",
+                              "500", "--out", str(out)], env=env, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "locallearn.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", "locallearn", "train", *FAST,
+                                 "--epochs", "1", "--out", str(out), "--overwrite"],
+                                env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2
+        assert second.stderr.count("\n") == 1 and f"pid {first.pid}" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_wrong_optimizer_state_in_a_checkpoint_is_refused(trained_run, capsys):
+    import torch
+
+    from locallearn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    tensors, meta = load_checkpoint(trained_run)
+    name = next(k for k in tensors if k.endswith(".exp_avg"))
+    tensors[name] = torch.zeros(1)  # checksum recomputed by save_checkpoint
+    save_checkpoint(trained_run, tensors, meta, keep_previous=False)
+    line = cli_error(capsys, "train", "--resume", "--epochs", "2", "--out", str(trained_run),
+                     "--quiet")
+    assert "exp_avg" in line and "shape" in line
+    tensors[name] = torch.zeros(3, 3)
+    tensors["rng.torch"] = torch.zeros(3, dtype=torch.uint8)
+    save_checkpoint(trained_run, tensors, meta, keep_previous=False)
+    assert "does not fit" in cli_error(capsys, "train", "--resume", "--epochs", "2", "--out",
+                                       str(trained_run), "--quiet")
+
+
+@pytest.mark.parametrize("flag", [("--rule", "fa"), ("--lr", "0.5"), ("--optimizer", "sgd"),
+                                  ("--set", "momentum=0.5"), ("--net", "mlp:32")])
+def test_resume_refuses_conflicting_settings(trained_run, capsys, flag):
+    line = cli_error(capsys, "train", "--resume", "--epochs", "2", "--out", str(trained_run),
+                     "--quiet", *flag)
+    assert "--resume" in line and "differs" in line
+
+
+def test_resume_keeps_stored_settings_and_may_extend(trained_run, capsys):
+    assert main(["train", "--resume", "--epochs", "2", "--out", str(trained_run), "--quiet",
+                 "--lr", "1e-3"]) == 0
+    s = json.loads((trained_run / "summary.json").read_text())
+    assert s["epochs"] == 2 and s["train_config"]["lr"] == 1e-3
+
+
+def test_overwrite_removes_every_project_file_and_a_dead_run_blocks_nothing(trained_run,
+                                                                            capsys):
+    (trained_run / "stage0-e3.safetensors").write_bytes(b"old")
+    (trained_run / "checkpoint.safetensors.tmp").write_bytes(b"half")
+    (trained_run / "mine.txt").write_text("keep")
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(trained_run),
+                 "--overwrite"]) == 0
+    names = {p.name for p in trained_run.iterdir()}
+    assert "stage0-e3.safetensors" not in names and "checkpoint.safetensors.tmp" not in names
+    assert "mine.txt" in names
+    # A run killed before its first epoch (config.json, nothing else) is no run.
+    dead = trained_run.parent / "dead"
+    dead.mkdir()
+    (dead / "config.json").write_text("{}")
+    (dead / "metrics.jsonl").write_text("")
+    assert main(["train", *FAST, "--epochs", "1", "--out", str(dead)]) == 0
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(trained_run, capsys):
+    line = cli_error(capsys, "train", "--rule", "backprop", "--data", "digits", "--net",
+                     "mlp:16", "--quiet", "--epochs", "3", "--lr", "1e30", "--optimizer", "sgd",
+                     "--out", str(trained_run.parent / "nan"))
+    assert "epoch" in line and "learning rate" in line and ("NaN" in line or "infinite" in line)

@@ -30,8 +30,15 @@ from locallearn.measure.hardware import hardware_info
 from locallearn.networks import create_network
 from locallearn.networks.network import Network
 from locallearn.rules import RULES, Rule, create_rule
-from locallearn.training.checkpoint import load_checkpoint, load_rule_tensors, save_checkpoint
-from locallearn.training.trainer import RUN_FILES, TrainConfig, evaluate
+from locallearn.training.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    load_rule_tensors,
+    save_checkpoint,
+    write_json_atomic,
+)
+from locallearn.training.runfolder import ensure_dir, holds_run, project_files
+from locallearn.training.trainer import TrainConfig, evaluate
 
 
 @dataclass
@@ -63,14 +70,29 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json); pass the --out "
                         f"folder of 'locallearn train'")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON; retrain the run") from None
+    config = read_json_object(path)
     for key in ("rule", "data", "net"):
-        if key not in config:
-            raise UserError(f"{path} has no {key!r}; retrain the run")
+        if not isinstance(config.get(key), str):
+            raise UserError(f"{path} has no {key!r} name; retrain the run")
+    for key in ("rule_options", "data_options", "net_options", "train"):
+        if not isinstance(config.get(key) or {}, dict):
+            raise UserError(f"{path}: {key!r} is not a mapping; retrain the run")
+    if not isinstance(config.get("data_dir") or "", str):
+        raise UserError(f"{path}: 'data_dir' is not a path; retrain the run")
+    if not isinstance(config.get("transforms") or [], list):
+        raise UserError(f"{path}: 'transforms' is not a list; retrain the run")
     return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a run folder, or one line saying the file is damaged."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        obj = None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is damaged (not a JSON object); retrain the run")
+    return obj
 
 
 def grow_network(network: Network, blocks: int) -> None:
@@ -124,8 +146,8 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     config = read_config(run_dir)
     train = config.get("train", {})
     # The weights summary.json was measured with: best.* when early stopping restored it.
-    stem = "best" if train.get("patience") and (run_dir / "best.json").exists() else "checkpoint"
-    if not (run_dir / f"{stem}.json").exists():
+    stem = "best" if train.get("patience") and has_checkpoint(run_dir, "best") else "checkpoint"
+    if not has_checkpoint(run_dir, stem):
         raise UserError(f"{run_dir} has no saved weights ({stem}.safetensors); the run was "
                         f"trained without checkpoints or did not finish an epoch")
     rule, dataset = build_rule(config)
@@ -136,21 +158,18 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     rule.to(device)
     rule.eval()
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary = read_json_object(summary_path) if summary_path.exists() else {}
     return LoadedRun(rule, dataset, config, summary, run_dir)
 
 
 def prepare_out(out: str | Path, overwrite: bool) -> Path:
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    existing = [f for f in RUN_FILES if (out / f).exists()]
-    if existing and not overwrite:
-        raise UserError(f"{out} already holds a run ({existing[0]}); pass --overwrite to "
+    ensure_dir(out)
+    if holds_run(out) and not overwrite:
+        raise UserError(f"{out} already holds a run; pass --overwrite to "
                         f"replace it or choose another --out")
-    for f in existing:
-        (out / f).unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    for f in project_files(out):
+        f.unlink()
     return out
 
 
@@ -167,16 +186,16 @@ def save_model(out: Path, rule: Rule, config: dict[str, Any], transforms: list[d
                summary: dict[str, Any]) -> None:
     """Write a derived model as a run directory that :func:`load_run` reads back."""
     config = {**config, "transforms": transforms}
-    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))
+    write_json_atomic(out / "config.json", config)
     tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
     run_info = {k: config.get(k) for k in ("rule", "data", "net", "rule_options",
                                             "data_options", "net_options", "data_dir")}
     save_checkpoint(out, tensors, {"epoch": -1, "rule_extra": rule.extra_state(),
                                    "run": run_info, "transforms": transforms})
-    (out / "summary.json").write_text(json.dumps(
-        {**run_info, "transforms": transforms, **summary, "seed": config.get("train", {}).get(
-            "seed"), "train_config": config.get("train", {}), "torch_version": torch.__version__,
-         "hardware": hardware_info("cpu")}, indent=1, default=str))
+    write_json_atomic(out / "summary.json", {
+        **run_info, "transforms": transforms, **summary,
+        "seed": config.get("train", {}).get("seed"), "train_config": config.get("train", {}),
+        "torch_version": torch.__version__, "hardware": hardware_info("cpu")})
 
 
 def drop_modules(rule: Rule, modules: list[nn.Module]) -> None:

@@ -7,7 +7,10 @@ the problem and the fix; no traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
 from locallearn.cli import COMMANDS
 from locallearn.errors import RunFailure, UserError
@@ -34,14 +37,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM: stop as cleanly as Ctrl-C (stages, locks, files)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:
+        # Output piped into a reader that quit (``locallearn inspect RUN | head``): stop
+        # quietly; point stdout at /dev/null so the interpreter's final flush is silent.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UserError as exc:
         print(f"locallearn: error: {exc}", file=sys.stderr)
         return 2

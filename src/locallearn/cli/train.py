@@ -42,6 +42,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 FLAG_KEYS = ("rule", "data", "net", "data_dir", "epochs", "batch_size", "lr", "optimizer",
              "weight_decay", "schedule", "patience", "seed", "device", "threads")
+# What a resumed run may change; every other setting is the stored run's.
+MAY_CHANGE_ON_RESUME = {"epochs", "patience", "device", "quiet", "eval_batch_size",
+                        "measure_memory", "early_exit", "checkpoint", "data_dir", "threads"}
+# Run-folder handling belongs to the flags, not to --set or a config file.
+FLAG_ONLY = ("out", "overwrite", "resume")
 
 
 def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> dict:
@@ -51,11 +56,50 @@ def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> 
         flags["data_options"] = {"label_column": args.label_column}
     if getattr(args, "task", None):
         flags.setdefault("data_options", {})["task"] = args.task
-    settings = merge(stored or {}, file_cfg, flags, parse_set(args.set))
+    given = merge(file_cfg, flags, parse_set(args.set))
+    for key in FLAG_ONLY:
+        if key in given:
+            raise UserError(f"{key!r} cannot be set in a config file or with --set; use the "
+                            f"--{key} flag")
+    if stored is not None:
+        refuse_conflicts(stored, given)
+    settings = merge(stored or {}, given)
     settings.setdefault("rule", "backprop")
     settings.setdefault("data", "mnist5k")
     settings.setdefault("net", "mlp:500,500")
     return settings
+
+
+def refuse_conflicts(stored: dict, given: dict) -> None:
+    """A resumed run keeps its stored settings: a different value for one of them is an
+    error (not silently recorded as if it had been used), except the ones that may change."""
+    from locallearn.training.run import coerce_setting
+
+    changeable = ", ".join(sorted(MAY_CHANGE_ON_RESUME))
+    for key, value in given.items():
+        if key in MAY_CHANGE_ON_RESUME or value is None:
+            continue
+        if key.endswith("_options"):
+            old = stored.get(key) or {}
+            if not (isinstance(value, dict) and isinstance(old, dict)):
+                continue  # a malformed mapping is refused by the settings check later
+            for name, v in value.items():
+                if old.get(name) != v:
+                    raise UserError(f"--resume: {key.removesuffix('_options')}.{name}={v!r} "
+                                    f"differs from the run's {old.get(name)!r}; resume without"
+                                    f" it, or start a new run with --overwrite")
+            continue
+        old = stored.get(key)
+        if old is None:
+            continue
+        try:
+            same = coerce_setting(key, value) == coerce_setting(key, old)
+        except (UserError, KeyError):  # not a training setting (rule, data, net)
+            same = value == old
+        if not same:
+            raise UserError(f"--resume: {key}={value!r} differs from the run's {old!r}; resume "
+                            f"without it (a resumed run may change only {changeable}), or "
+                            f"start a new run with --overwrite")
 
 
 def stored_settings(out: Path) -> dict:
@@ -70,8 +114,13 @@ def stored_settings(out: Path) -> dict:
     except (ValueError, UnicodeDecodeError):
         raise UserError(f"cannot resume: {path} is damaged (not a JSON object); "
                         f"start again with --overwrite") from None
-    keep = {k: v for k, v in cfg.get("train", {}).items()
-            if k in (*FLAG_KEYS, "freeze_blocks") and k not in ("device",)}
+    train = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    # Every stored training setting, so the resumed run trains with what was used.
+    from locallearn.training.run import TRAIN_KEYS
+
+    keep = {k: v for k, v in train.items()
+            if k in TRAIN_KEYS and k not in ("device", "out", "resume", "overwrite", "quiet",
+                                             "extra")}
     for k in ("rule", "data", "net", "data_dir", "rule_options", "data_options", "net_options"):
         if cfg.get(k) is not None:
             keep[k] = cfg[k]

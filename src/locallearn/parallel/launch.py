@@ -58,16 +58,39 @@ def _describe(code: int) -> str:
 
 
 def _last_checkpoint(out: Path | None) -> str:
+    from locallearn.training.checkpoint import checkpoint_paths, read_meta
+
     if out is None:
         return "no checkpoint (no --out)"
-    path = out / "checkpoint.json"
-    if not path.exists():
+    paths = checkpoint_paths(out)
+    if not paths:
         return "no checkpoint was written yet"
     try:
-        epoch = json.loads(path.read_text())["epoch"]
-    except (ValueError, KeyError):
-        return f"{path} is unreadable"
+        epoch = int(read_meta(paths[0])["epoch"])
+    except (UserError, KeyError, TypeError, ValueError):
+        return f"{paths[0]} is unreadable"
     return f"last good checkpoint: epoch {epoch + 1} in {out}"
+
+
+def _die_with_parent() -> None:
+    """In a stage process before it starts: the kernel kills it when its launcher dies
+    (Linux's parent-death signal), so a killed launcher leaves no stage training alone."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the launcher's own handlers stop them
+        pass
+
+
+def _state(pid: int) -> str | None:
+    """A process's scheduler state letter from /proc (``T``: stopped), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0] if ")" in stat else None
 
 
 def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
@@ -83,14 +106,31 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
         summary = run_stage(**args)
         return summary or {}
 
+    from locallearn.training.run import make_config
+    from locallearn.training.runfolder import RunLock
+    from locallearn.training.trainer import Trainer
+
+    # Bad settings are caught here, before any stage starts.
+    train_keys = {k: v for k, v in settings.items()
+                  if k not in ("rule", "data", "net", "data_dir", "data_options",
+                               "net_options", "rule_options")}
+    config = make_config(settings["rule"], out=out, resume=resume, overwrite=overwrite,
+                         **train_keys)
     validate(settings, stages, staleness)
     out_dir = Path(out) if out else None
-    if out_dir is not None:
-        from locallearn.training.run import make_config
-        from locallearn.training.trainer import Trainer
+    # The launcher holds the run folder's lock for the stages' whole lifetime.
+    lock = RunLock(out_dir).acquire() if out_dir is not None else None
+    try:
+        if out_dir is not None:
+            Trainer(config)._prepare_out()
+        return _run_stages(args, out_dir, quiet, stages, threads)
+    finally:
+        if lock is not None:
+            lock.release()
 
-        Trainer(make_config(settings["rule"], out=out, resume=resume, overwrite=overwrite))\
-            ._prepare_out()
+
+def _run_stages(args: dict[str, Any], out_dir: Path | None, quiet: bool, stages: int,
+                threads: int) -> dict[str, Any]:
     log_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="locallearn-"))
     port = _free_port()
     procs, logs = [], []
@@ -104,15 +144,23 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
         # Rank 0 shows progress on the terminal; every stage's errors go to its log.
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "locallearn.parallel.worker"], env=env,
-            stdout=log, stderr=log if rank or quiet else None,
+            stdout=log, stderr=log if rank or quiet else None, preexec_fn=_die_with_parent,
         ))
     try:
         dead = _watch(procs)
+    except BaseException:  # Ctrl-C or SIGTERM (raised as KeyboardInterrupt): stop the stages
+        _stop(procs)
+        raise
     finally:
         for log in logs:
             log.close()
     if dead is not None:
         rank, code = dead
+        if code == -signal.SIGSTOP:
+            raise RunFailure(
+                f"stage {rank} (pid {procs[rank].pid}) stopped answering (the process is "
+                f"stopped, e.g. by SIGSTOP or Ctrl-Z); stopped all stages; "
+                f"{_last_checkpoint(out_dir)}; see {log_dir}/stage{rank}.log")
         if code == 2:
             lines = (log_dir / f"stage{rank}.log").read_text().strip().splitlines()
             message = lines[-1] if lines else "bad input"
@@ -132,6 +180,12 @@ def _watch(procs: list[subprocess.Popen]) -> tuple[int, int] | None:
         codes = [p.poll() for p in procs]
         failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
+            # A stopped stage (SIGSTOP) makes its healthy peers time out: blame it.
+            stopped = [r for r, c in enumerate(codes) if c is None and _state(procs[r].pid) in
+                       ("T", "t")]
+            if stopped:
+                _stop(procs)
+                return stopped[0], -signal.SIGSTOP
             # A stage killed from outside explains the others' connection errors (code 3).
             failed.sort(key=lambda rc: (rc[1] == 3, rc[0]))
             _stop(procs)
@@ -145,6 +199,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
             p.terminate()
+            p.send_signal(signal.SIGCONT)  # a stopped stage acts on SIGTERM only once resumed
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     for p in procs:
         try:

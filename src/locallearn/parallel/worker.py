@@ -4,8 +4,13 @@ Rank 0 also plays the role of the single-process Trainer's bookkeeping: at
 each epoch end the stages send it their parameters, it evaluates the whole
 network, writes ``metrics.jsonl``, the merged ``checkpoint.*`` / ``best.*``
 (the same format as a one-process run, so ``inspect``/``prune`` read it) and
-finally ``summary.json``. Every stage writes its own part, ``stageR.*``
-(parameters, optimiser state, RNG), from which ``--resume`` continues.
+finally ``summary.json``. Every stage writes its own part, ``stageR-eEPOCH.safetensors``
+(parameters, optimiser state, RNG, run id), from which ``--resume`` continues.
+
+An epoch's checkpoint is committed as a set: every stage writes its part, all meet at
+a barrier, and only then rank 0 writes the merged ``checkpoint.safetensors`` (one
+atomic rename). A kill before that leaves the previous epoch's merged checkpoint, whose
+stage parts are still on disk; parts of other epochs are removed after the commit.
 """
 
 from __future__ import annotations
@@ -37,12 +42,17 @@ from locallearn.parallel.stages import (
     stage_groups,
 )
 from locallearn.training.checkpoint import (
+    check_loaded_state,
+    checkpoint_paths,
     flatten_optimizer,
     load_checkpoint,
+    read_meta,
     save_checkpoint,
     unflatten_optimizer,
+    write_json_atomic,
 )
 from locallearn.training.optim import make_optimizer, make_schedule
+from locallearn.training.runfolder import RunLock, new_run_id, rewrite_metrics
 from locallearn.training.trainer import TrainConfig, Trainer, resolve_device
 
 # Test hook: the stage with this rank kills itself (SIGKILL) after this many steps.
@@ -80,6 +90,17 @@ class StageTrainer:
         self.out = Path(config.out) if config.out else None
 
     def fit(self, rule, dataset) -> dict[str, Any] | None:
+        # The locallearn launcher holds the run folder's lock; under torchrun, rank 0 does.
+        own_lock = (self.out is not None and dist.get_rank() == 0
+                    and "LOCALLEARN_STAGE_ARGS" not in os.environ)
+        lock = RunLock(self.out).acquire() if own_lock else None
+        try:
+            return self._fit(rule, dataset)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, rule, dataset) -> dict[str, Any] | None:
         cfg = self.config
         rank, world = dist.get_rank(), dist.get_world_size()
         check_stageable(rule, self.staleness)
@@ -98,10 +119,15 @@ class StageTrainer:
         book = Trainer(cfg, self.run_info) if rank == 0 else None  # rank 0's bookkeeping
         if book is not None and not cfg.resume:
             book._prepare_out()
+            self.run_info["run_id"] = new_run_id()
             if self.out is not None:
-                (self.out / "config.json").write_text(json.dumps(
-                    {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
+                write_json_atomic(self.out / "config.json", {"train": asdict(cfg),
+                                                             **self.run_info})
         dist.barrier()  # rank 0 has prepared the run directory
+        if not cfg.resume:  # every stage writes the run id into its parts
+            run_id = [self.run_info.get("run_id")]
+            dist.broadcast_object_list(run_id, src=0)
+            self.run_info["run_id"] = run_id[0]
 
         start_epoch, history = 0, []
         best = {"val_accuracy": -1.0, "epoch": -1}
@@ -167,9 +193,7 @@ class StageTrainer:
                             "run": self.run_info}
                     tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
                     tensors["rng.torch"] = torch.get_rng_state()
-                    if improved:
-                        save_checkpoint(self.out, tensors, meta, stem="best")
-                    save_checkpoint(self.out, tensors, meta)
+                    merged_save = (tensors, meta, improved)
                 if not cfg.quiet:
                     print(f"epoch {epoch + 1}/{cfg.epochs}: val accuracy {val['accuracy']:.4f} "
                           f"({epoch_seconds:.1f} s)", file=sys.stderr, flush=True)
@@ -179,6 +203,9 @@ class StageTrainer:
             best = decision[0]["best"]
             if self.out is not None and cfg.checkpoint:
                 self._save_stage(rule, groups, ctx, optimizers, schedules, epoch)
+                dist.barrier()  # every stage's part of this epoch is on disk
+                if rank == 0:
+                    self._commit(*merged_save)
             if decision[0]["stop"]:
                 stopped_early = True
                 break
@@ -239,6 +266,18 @@ class StageTrainer:
         return measure_step_memory(step, own, optimizers, None, self.device, steps=steps)
 
     # -- per-stage checkpoints ---------------------------------------------------
+    def _commit(self, tensors, meta, improved: bool) -> None:
+        """Rank 0, after every stage saved its part: the merged checkpoint commits the
+        epoch; then stage parts of epochs no checkpoint names are removed."""
+        if improved:
+            save_checkpoint(self.out, tensors, meta, stem="best")
+        save_checkpoint(self.out, tensors, meta)
+        keep = {int(read_meta(p).get("epoch", -2)) for p in checkpoint_paths(self.out)}
+        for part in self.out.glob("stage*-e*.safetensors"):
+            epoch = part.stem.rpartition("-e")[2]
+            if not epoch.isdigit() or int(epoch) not in keep:
+                part.unlink(missing_ok=True)
+
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:
         tensors = {f"rule.{k}": v for k, v in owned_state(rule, groups, ctx).items()}
         rests = []
@@ -249,33 +288,52 @@ class StageTrainer:
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": epoch, "stage": ctx.rank, "stages": ctx.world,
                 "blocks": list(ctx.blocks), "optimizers": rests,
-                "schedules": [s.state_dict() if s else None for s in schedules]}
-        save_checkpoint(self.out, tensors, meta, stem=f"stage{ctx.rank}")
+                "schedules": [s.state_dict() if s else None for s in schedules],
+                "run_id": self.run_info.get("run_id")}
+        save_checkpoint(self.out, tensors, meta, stem=f"stage{ctx.rank}-e{epoch}",
+                        keep_previous=False, mirror=False)
 
     def _resume(self, rule, optimizers, schedules, rank: int, world: int):
-        tensors, meta = load_checkpoint(self.out, stem=f"stage{rank}")
-        if meta["stages"] != world:
-            raise UserError(f"{self.out} was trained with --stages {meta['stages']}; "
-                            f"resume with the same number of stages")
-        state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
-        rule.load_state_dict(state, strict=False)
-        for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
-            opt.load_state_dict(unflatten_optimizer(rest, tensors))
-        for sch, st in zip(schedules, meta["schedules"], strict=True):
-            if sch is not None and st is not None:
-                sch.load_state_dict(st)
-        torch.set_rng_state(tensors["rng.torch"])
-        epochs = [None] * world
-        dist.all_gather_object(epochs, meta["epoch"])
-        if len(set(epochs)) != 1:
-            raise UserError(f"stage checkpoints in {self.out} are from different epochs "
-                            f"({epochs}); the run cannot be resumed consistently")
-        best, history = {"val_accuracy": -1.0, "epoch": -1}, []
+        from locallearn.training.trainer import check_same_run
+
+        # Rank 0 picks the newest good merged checkpoint; its epoch names the stage parts.
+        chosen = [None]
         if rank == 0:
             _, main_meta = load_checkpoint(self.out)
+            check_same_run(self.out, main_meta)
+            chosen = [main_meta]
+        dist.broadcast_object_list(chosen, src=0)
+        main_meta = chosen[0]
+        epoch, run_id = int(main_meta["epoch"]), (main_meta.get("run") or {}).get("run_id")
+        self.run_info["run_id"] = run_id
+        stem = f"stage{rank}-e{epoch}"
+        tensors, meta = load_checkpoint(self.out, stem=stem, fallback=False)
+        if meta.get("stages") != world:
+            raise UserError(f"{self.out} was trained with --stages {meta.get('stages')}; "
+                            f"resume with the same number of stages")
+        if meta.get("run_id") != run_id or meta.get("epoch") != epoch:
+            raise UserError(f"{self.out}: stage part {stem} belongs to another run or epoch "
+                            f"than checkpoint.safetensors; start again with --overwrite")
+        state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
+        try:
+            rule.load_state_dict(state, strict=False)
+            check_loaded_state(optimizers, meta["optimizers"], tensors, self.out)
+            for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
+                opt.load_state_dict(unflatten_optimizer(rest, tensors))
+            for sch, st in zip(schedules, meta["schedules"], strict=True):
+                if sch is not None and st is not None:
+                    sch.load_state_dict(st)
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise UserError(f"stage part {stem} in {self.out} does not fit this run "
+                            f"({type(exc).__name__}: {first}); start again with "
+                            f"--overwrite") from None
+        torch.set_rng_state(tensors["rng.torch"])
+        best, history = main_meta["best"], main_meta["history"]
+        if rank == 0:
             rule.load_extra_state(main_meta.get("rule_extra", {}))
-            best, history = main_meta["best"], main_meta["history"]
-        return meta["epoch"] + 1, best, history
+            rewrite_metrics(self.out / "metrics.jsonl", history)
+        return epoch + 1, best, history
 
 
 def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,

@@ -17,6 +17,7 @@ import html
 import io
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,19 @@ EFFICIENCY_TARGET = 0.6
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """Every run under ``root`` (``summary.json`` plus its epoch metrics)."""
     runs = []
+    from locallearn.training.runfolder import read_metrics
+
     for summary_path in sorted(Path(root).rglob("summary.json")):
-        summary = json.loads(summary_path.read_text())
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            summary = None
+        if not isinstance(summary, dict):  # a damaged run does not hide the others
+            print(f"locallearn: warning: {summary_path} is damaged (not a JSON object); "
+                  f"skipped", file=sys.stderr)
+            continue
         metrics_path = summary_path.with_name("metrics.jsonl")
-        metrics = []
-        if metrics_path.exists():
-            metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+        metrics = read_metrics(metrics_path) if metrics_path.exists() else []
         runs.append({"dir": str(summary_path.parent), "summary": summary, "metrics": metrics})
     return runs
 

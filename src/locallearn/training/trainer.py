@@ -23,17 +23,25 @@ from locallearn.measure import hardware_info, measure_training_memory
 from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
+    check_loaded_state,
     flatten_optimizer,
     load_checkpoint,
     load_rule_tensors,
     save_checkpoint,
     unflatten_optimizer,
+    write_json_atomic,
 )
 from locallearn.training.freeze import freeze_blocks, trainable_groups
 from locallearn.training.optim import make_optimizer, make_schedule, plan_schedule
-
-RUN_FILES = ("summary.json", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json",
-             "best.safetensors", "best.json", "config.json")
+from locallearn.training.runfolder import (
+    RUN_FILES,  # noqa: F401  (re-exported: the files a run writes)
+    RunLock,
+    ensure_dir,
+    holds_run,
+    new_run_id,
+    project_files,
+    rewrite_metrics,
+)
 
 
 @dataclass
@@ -178,19 +186,18 @@ class Trainer:
     def _prepare_out(self) -> None:
         if self.out is None:
             return
-        if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"--out {self.out} exists and is not a directory")
-        existing = [f for f in RUN_FILES if (self.out / f).exists()]
+        ensure_dir(self.out)
         if self.config.resume:
             return
-        if existing and not self.config.overwrite:
+        # A folder without a completed epoch (a run killed or refused early) is no run:
+        # it blocks nothing, and its leftovers are cleared like --overwrite would.
+        if holds_run(self.out) and not self.config.overwrite:
             raise UserError(
-                f"{self.out} already holds a run ({existing[0]}); pass --overwrite to replace it "
+                f"{self.out} already holds a run; pass --overwrite to replace it "
                 f"or --resume to continue it"
             )
-        for f in existing:
-            (self.out / f).unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
+        for f in project_files(self.out):
+            f.unlink()
 
     def _log(self, record: dict[str, Any]) -> None:
         if self.out is not None:
@@ -227,6 +234,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------
     def fit(self, rule: Rule, dataset) -> dict[str, Any]:
+        """Train ``rule`` on ``dataset``, holding the run folder's lock throughout."""
+        lock = RunLock(self.out).acquire() if self.out is not None else None
+        try:
+            return self._fit(rule, dataset)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _fit(self, rule: Rule, dataset) -> dict[str, Any]:
         cfg = self.config
         if cfg.patience and split_size(dataset, "val") == 0:
             raise UserError("patience (early stopping) needs a validation split, and this "
@@ -246,6 +262,8 @@ class Trainer:
             tensors, meta = load_checkpoint(self.out)
             self._load_rule_tensors(rule, tensors)
             try:
+                self.run_info["run_id"] = check_same_run(self.out, meta)
+                check_loaded_state(optimizers, meta["optimizers"], tensors, self.out)
                 for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
                     opt.load_state_dict(unflatten_optimizer(rest, tensors))
                 for sch, st in zip(schedules, meta["schedules"], strict=True):
@@ -257,13 +275,18 @@ class Trainer:
                 rule.load_extra_state(meta.get("rule_extra", {}))
                 torch.set_rng_state(tensors["rng.torch"])
                 start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
-            except (KeyError, TypeError, ValueError) as exc:
+                if len(history) != start_epoch:
+                    raise ValueError(f"history of {len(history)} epochs at epoch {start_epoch}")
+            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
                 raise UserError(f"checkpoint in {self.out} is incomplete or does not fit this "
                                 f"run ({type(exc).__name__}: {exc}); resume with the same "
                                 f"settings or start again with --overwrite") from None
+            # metrics.jsonl keeps exactly the epochs the checkpoint holds: an epoch logged
+            # but not checkpointed before a kill is trained (and logged) again.
+            rewrite_metrics(self.out / "metrics.jsonl", history)
         elif self.out is not None:
-            (self.out / "config.json").write_text(json.dumps(
-                {"train": asdict(cfg), **self.run_info}, indent=1, default=str))
+            self.run_info.setdefault("run_id", new_run_id())
+            write_json_atomic(self.out / "config.json", {"train": asdict(cfg), **self.run_info})
 
         train_seconds = sum(h["train_seconds"] for h in history)
         samples_seen = sum(h["samples"] for h in history)
@@ -294,6 +317,7 @@ class Trainer:
             train_seconds += epoch_seconds
             samples_seen += n_samples
 
+            check_finite_loss(loss_sum, epoch, cfg, self.out)
             val = self._evaluate(rule, dataset, "val")
             rule.on_validation(val)
             losses_mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
@@ -405,7 +429,7 @@ class Trainer:
             summary.update(early_exit_summary(rule, dataset, self.device,
                                               cfg.eval_batch_size))
         if self.out is not None:
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            write_json_atomic(self.out / "summary.json", summary)
         return summary
 
     def _evaluate(self, rule: Rule, dataset, split: str) -> dict[str, Any]:
@@ -467,6 +491,32 @@ class Trainer:
             opt.step()
         rule.after_step()
         return torch.stack([loss.detach() for loss in losses])
+
+
+def check_same_run(out: Path, meta: dict[str, Any]) -> str | None:
+    """The run id of a checkpoint, after checking that ``config.json`` names the same run."""
+    run_id = (meta.get("run") or {}).get("run_id")
+    try:
+        config = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        config = {}
+    stored = config.get("run_id") if isinstance(config, dict) else None
+    if run_id != stored:
+        raise UserError(f"{out}: config.json (run {stored}) and the checkpoint (run {run_id}) "
+                        f"belong to different runs; start again with --overwrite")
+    return run_id
+
+
+def check_finite_loss(loss_sum: Tensor | None, epoch: int, cfg: TrainConfig,
+                      out: Path | None) -> None:
+    """Stop a run whose loss became NaN or infinite, before it overwrites a good checkpoint."""
+    if loss_sum is None or bool(torch.isfinite(loss_sum).all()):
+        return
+    kind = "NaN" if bool(torch.isnan(loss_sum).any()) else "infinite"
+    kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out}"
+            if out is not None and cfg.checkpoint and epoch > 0 else "no checkpoint was saved")
+    raise UserError(f"the loss became {kind} in epoch {epoch + 1}; the learning rate "
+                    f"({cfg.lr:g}) is likely too high, try a smaller --lr; {kept}")
 
 
 def _progress(iterable, quiet: bool, desc: str):
