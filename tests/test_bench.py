@@ -86,7 +86,11 @@ def test_seeds_flag_replaces_the_suites_seeds(tmp_path, cli):
             "--rules", "backprop", "--list")
     assert r.returncode == 0
     keys = r.stdout.split()
-    assert len(keys) == 2 and all("/seed7/" in k for k in keys)
+    # Two tasks, each with its frozen control (freeze_blocks=true: another options hash).
+    assert len(keys) == 4 and all("/seed7/" in k for k in keys)
+    cells = [c for c in load_suite("rules").cells() if c.rule == "backprop" and c.seed == 0]
+    assert sorted(bool(c.options.get("freeze_blocks")) for c in cells) == [False, False,
+                                                                           True, True]
 
 
 def test_memory_suite_expands_depths():
@@ -151,3 +155,24 @@ def test_block_local_rules_keep_activation_memory_flat_in_depth(rule):
     assert deep["streams_losses"], rule
     # Six more blocks add less than two blocks' outputs (backprop adds six).
     assert deep["activation_peak_bytes"] - shallow["activation_peak_bytes"] < 2 * layer, rule
+
+
+def test_frozen_controls_run_beside_each_rule_and_reach_the_report(tmp_path):
+    from locallearn.bench.suite import parse_suite
+    from locallearn.report import write_report
+
+    suite = parse_suite("t", "kind: train\nrules: [backprop]\ncontrols: [frozen]\n"
+                             "tasks: [{data: digits, net: 'mlp:16'}]\nseeds: [0, 1]\n"
+                             "options: {epochs: 1, batch_size: 64}\nsettings: {threads: 1}\n")
+    counts = run_suite(suite, tmp_path, device="cpu", quiet=True)
+    assert counts["ok"] == 4
+    rows = read_results(tmp_path)
+    frozen = [r for r in rows if r["options"].get("freeze_blocks")]
+    assert len(frozen) == 2 and all(r["freeze_blocks"] is True for r in frozen)
+    assert all(r["freeze_blocks"] is False for r in rows if r not in frozen)
+    write_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| backprop | digits | mlp:16 | 2 |" in md  # the frozen-control table's row
+    with pytest.raises(UserError, match="unknown control"):
+        parse_suite("t", "rules: [backprop]\ncontrols: [thawed]\n"
+                         "tasks: [{data: digits, net: 'mlp:16'}]\n")

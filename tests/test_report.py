@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from locallearn.report import write_report
-from locallearn.report.html import memory_table
+from locallearn.report.html import frozen_table, memory_table
 
 HW = {"cpu": "Test CPU 9000", "cpu_count": 2, "torch_threads": 2, "torch_version": "2.x",
       "python": "3.11", "gpu": None, "device": "cpu"}
@@ -48,6 +48,13 @@ def synthetic_rows() -> list[dict]:
                      "hardware": HW, "batch_size": 1024, "flops_per_sample": 3e7,
                      "step_seconds_median": 0.5, "achieved_flops": 6e10,
                      "peak_matmul_flops": 1e11, "efficiency": 0.6})
+    for rule, gap in (("backprop", 0.05), ("ff", -0.02)):  # frozen controls of two rules
+        for seed in (0, 1):
+            trained = next(r for r in rows if r["kind"] == "train" and r["rule"] == rule
+                           and r["seed"] == seed)
+            rows.append({**trained, "key": f"train/{rule}/{seed}/frozen",
+                         "options": {"freeze_blocks": True}, "freeze_blocks": True,
+                         "test_accuracy": trained["test_accuracy"] - gap - 0.01 * seed})
     rows.append({"suite": "t", "kind": "train", "key": "train/gnn-only", "status": "skipped",
                  "rule": "gnn-only", "data": "digits", "net": "mlp:32,32", "seed": 0,
                  "hardware": HW, "reason": "gnn-only supports graph data, digits is image"})
@@ -63,8 +70,20 @@ def test_memory_table_judges_the_target():
     table = memory_table(synthetic_rows())
     by_rule = {line[0]: line for line in table[1:]}
     # ff: 2 MiB vs backprop 16 MiB at depth 8 -> 0.125 <= 1.25/8; mono-forward 0.25 is not.
-    assert by_rule["ff"][2].endswith("(0.125)") and by_rule["ff"][-2] == "yes"
-    assert by_rule["mono-forward"][-2] == "no"
+    assert by_rule["ff"][2].endswith("/ 2.0 (0.12)") and by_rule["ff"][-3] == "yes"
+    assert by_rule["mono-forward"][-3] == "no"
+    # Peaks: (2 + 16) MiB for ff against (16 + 16) MiB for backprop.
+    assert by_rule["ff"][2].startswith("18.0 (0.56) /")
+
+
+def test_frozen_table_pairs_each_rule_with_its_control_by_seed():
+    table = frozen_table(synthetic_rows())
+    by_rule = {line[0]: line for line in table[1:]}
+    assert set(by_rule) == {"backprop", "ff"}  # mono-forward has no frozen control
+    # backprop beats its control by 0.05 and 0.06 (seed 0, 1); ff loses by 0.02 and 0.01.
+    assert by_rule["backprop"][3:] == ["2", "0.8050 ± 0.0071", "0.7500 ± 0.0000",
+                                       "+0.0550 ± 0.0071", "yes"]
+    assert by_rule["ff"][6] == "-0.0150 ± 0.0071" and by_rule["ff"][7] == "no"
 
 
 def test_report_rebuilds_from_results(tmp_path, cli):
@@ -73,7 +92,9 @@ def test_report_rebuilds_from_results(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "report.md").read_text()
     assert "Test CPU 9000, 2 cores, 2 torch threads" in md
-    assert "| mono-forward | digits | mlp:32,32 | - | 2 | 3 | 0.8550 ± 0.0071 |" in md
+    assert "| mono-forward | no | digits | mlp:32,32 | - | 2 | 3 | 0.8550 ± 0.0071 |" in md
+    assert "| ff | yes | digits | mlp:32,32 | options={\"freeze_blocks\": true} | 2 | 3 |" in md
+    assert "| backprop | digits | mlp:32,32 | 2 | 0.8050 ± 0.0071 | 0.7500 ± 0.0000 |" in md
     assert "| skipped | gnn-only: 1 cell | gnn-only supports graph data, digits is image |" in md
     page = (tmp_path / "report.html").read_text()
     assert page.count("<img") == 4  # accuracy curves, per-layer, memory, efficiency; and

@@ -44,7 +44,8 @@ def train_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str
                if line.strip()]
     keep = ("epochs", "test_accuracy", "best_val_accuracy", "best_epoch",
             "per_layer_test_accuracy", "train_seconds", "samples_per_second",
-            "peak_memory_bytes", "memory", "num_parameters", "device", "train_config")
+            "peak_memory_bytes", "memory", "num_parameters", "device", "train_config",
+            "freeze_blocks")
     row = {k: s.get(k) for k in keep}
     row.update({k: v for k, v in s.items() if k.startswith("test_") and k not in row})
     row["history"] = [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"],

@@ -12,6 +12,7 @@ A suite file (``locallearn/configs/suites/NAME.yaml``, or any path) holds::
     seeds: [0, 1, 2]
     options: {epochs: 2}       # TrainConfig fields for every cell (kind-specific ones too)
     rule_options: {ff: {...}}  # per-rule constructor options
+    controls: [frozen]         # also run each rule and seed with freeze_blocks=true
 
 A *cell* is one (rule, data, net, seed, options) combination; its key decides
 whether a resumed run skips it.
@@ -31,7 +32,10 @@ import yaml
 from locallearn.errors import UserError
 
 SUITE_KEYS = {"description", "kind", "rules", "exclude", "tasks", "seeds", "options",
-              "rule_options", "settings"}
+              "rule_options", "settings", "controls"}
+
+# Control runs a suite can add beside every cell: name -> options laid over the cell's.
+CONTROLS = {"frozen": {"freeze_blocks": True}}
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class Suite:
     exclude: list[str]
     # Kind-wide settings that are not per-cell (e.g. how long to time each cell).
     settings: dict[str, Any]
+    # Controls (see CONTROLS) run for every rule, task and seed beside the cell itself.
+    controls: list[str] = field(default_factory=list)
 
     def rule_names(self) -> list[str]:
         from locallearn.rules import RULES
@@ -90,9 +96,11 @@ class Suite:
         for task in expand_tasks(self.tasks):
             for rule in self.rule_names():
                 for seed in self.seeds:
-                    out.append(Cell(self.kind, rule, task["data"], task["net"], int(seed),
-                                    dict(self.options, **task.get("options", {})),
-                                    dict(self.rule_options.get(rule, {}))))
+                    options = dict(self.options, **task.get("options", {}))
+                    for extra in [{}] + [CONTROLS[c] for c in self.controls]:
+                        out.append(Cell(self.kind, rule, task["data"], task["net"], int(seed),
+                                        dict(options, **extra),
+                                        dict(self.rule_options.get(rule, {}))))
         return out
 
 
@@ -152,6 +160,11 @@ def parse_suite(name: str, text: str) -> Suite:
     tasks = raw.get("tasks") or []
     if not tasks or not all(isinstance(t, dict) and "data" in t and "net" in t for t in tasks):
         raise UserError(f"suite {name}: 'tasks' must be a list of {{data: ..., net: ...}}")
+    controls = list(raw.get("controls") or [])
+    for c in controls:
+        if c not in CONTROLS:
+            raise UserError(f"suite {name}: unknown control {c!r}; known: "
+                            f"{', '.join(sorted(CONTROLS))}")
     rules = raw.get("rules", "all")
     if rules != "all" and not isinstance(rules, list):
         raise UserError(f"suite {name}: 'rules' must be 'all' or a list of rule names")
@@ -160,4 +173,4 @@ def parse_suite(name: str, text: str) -> Suite:
                  options=dict(raw.get("options") or {}),
                  rule_options=dict(raw.get("rule_options") or {}),
                  exclude=list(raw.get("exclude") or []),
-                 settings=dict(raw.get("settings") or {}))
+                 settings=dict(raw.get("settings") or {}), controls=controls)

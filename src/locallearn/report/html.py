@@ -195,7 +195,8 @@ def grouping_lines(rows: list[dict[str, Any]]) -> list[str]:
 def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Train rows, mean ± std over seeds."""
     labels = config_labels(rows)
-    table = [["rule", "data", "net", "settings", "seeds", "epochs", "test accuracy", "train s",
+    table = [["rule", "frozen", "data", "net", "settings", "seeds", "epochs", "test accuracy",
+              "train s",
               "samples/s", "peak memory MiB", "per-layer test accuracy"]]
     for (data, net, rule, config), group in _groups(rows, "train").items():
         per_layer = [g["per_layer_test_accuracy"] for g in group
@@ -204,7 +205,8 @@ def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         if per_layer and len({len(p) for p in per_layer}) == 1:
             per = " ".join(f"{statistics.mean(col):.3f}" for col in zip(*per_layer, strict=True))
         table.append([
-            str(rule), str(data), str(net), labels.get(config, "-"), str(len(group)),
+            str(rule), "yes" if is_frozen(group[0]) else "no", str(data), str(net),
+            labels.get(config, "-"), str(len(group)),
             _same_or_range([g.get("epochs") for g in group]),
             _mean_std([g.get("test_accuracy") for g in group], ".4f"),
             _mean_std([g.get("train_seconds") for g in group], ".1f"),
@@ -215,37 +217,82 @@ def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     return table
 
 
+def is_frozen(row: dict[str, Any]) -> bool:
+    """Whether a row is a frozen control (``freeze_blocks``: random blocks, only what lies
+    outside them learns)."""
+    for source in (row, row.get("options") or {}, row.get("train_config") or {}):
+        if source.get("freeze_blocks"):
+            return True
+    return False
+
+
+def frozen_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """Each rule beside its frozen control: test accuracy of both and the difference,
+    paired by seed, mean ± std over the seeds both have."""
+    trained: dict[tuple, dict[int, float]] = defaultdict(dict)
+    frozen: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        if r.get("kind", "train") != "train" or r.get("status", "ok") != "ok":
+            continue
+        if r.get("test_accuracy") is None:
+            continue
+        options = {k: v for k, v in (r.get("options") or {}).items() if k != "freeze_blocks"}
+        key = (r.get("data"), r.get("net"), r.get("rule"),
+               json.dumps({"o": options, "r": r.get("rule_options")}, sort_keys=True))
+        (frozen if is_frozen(r) else trained)[key][r.get("seed")] = r["test_accuracy"]
+    table = [["rule", "data", "net", "seeds", "trained test acc", "frozen test acc",
+              "trained - frozen (mean ± std over seeds)", "beats frozen by >= 0.01"]]
+    for key in sorted(set(trained) & set(frozen),
+                      key=lambda k: (k[0], k[1], _rule_order(k[2]), k[3])):
+        seeds = sorted(set(trained[key]) & set(frozen[key]))
+        if not seeds:
+            continue
+        a = [trained[key][s] for s in seeds]
+        b = [frozen[key][s] for s in seeds]
+        diff = [x - y for x, y in zip(a, b, strict=True)]
+        table.append([str(key[2]), str(key[0]), str(key[1]), str(len(seeds)),
+                      _mean_std(a, ".4f"), _mean_std(b, ".4f"),
+                      ("+" if statistics.mean(diff) >= 0 else "") + _mean_std(diff, ".4f"),
+                      "yes" if statistics.mean(diff) >= 0.01 else "no"])
+    return table if len(table) > 1 else []
+
+
 def memory_table(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Activation peak by rule and depth, with the ratio to backprop at that depth."""
+    """Allocator-level peak and activation peak by rule and depth, each with its ratio to
+    backprop's at that depth; fixed state and the saved-tensor peak at the largest depth."""
     cells = {(r["rule"], r["depth"]): r for r in rows
              if r.get("kind") == "memory" and r.get("status") == "ok"}
     if not cells:
         return []
     depths = sorted({d for _, d in cells})
     rules = sorted({r for r, _ in cells}, key=_rule_order)
-    header = ["rule"] + [f"depth {d}: act MiB (×bp)" for d in depths]
-    header += [f"meets ≤{MEMORY_TARGET_FACTOR}/depth at depth ≥{MEMORY_TARGET_MIN_DEPTH}",
-               "total MiB at max depth"]
+    top = depths[-1]
+    header = ["rule"] + [f"depth {d}: peak MiB (×bp) / act MiB (×bp)" for d in depths]
+    header += [f"act meets ≤{MEMORY_TARGET_FACTOR}/depth at depth ≥{MEMORY_TARGET_MIN_DEPTH}",
+               f"depth {top}: fixed state MiB", f"depth {top}: saved-tensor peak MiB"]
     table = [header]
+
+    def ratio(value, base) -> str:
+        return f" ({value / base:.2f})" if base else ""
+
     for rule in rules:
         line, meets = [rule], []
         for d in depths:
             r = cells.get((rule, d))
-            bp = cells.get(("backprop", d))
+            bp = cells.get(("backprop", d)) or {}
             if r is None:
                 line.append("-")
                 continue
-            act = r["activation_peak_bytes"]
-            if bp and bp["activation_peak_bytes"]:
-                ratio = act / bp["activation_peak_bytes"]
-                line.append(f"{_mib(act)} ({ratio:.3f})")
-                if rule != "backprop" and d >= MEMORY_TARGET_MIN_DEPTH:
-                    meets.append(ratio <= MEMORY_TARGET_FACTOR / d)
-            else:
-                line.append(_mib(act))
+            act, peak = r["activation_peak_bytes"], r.get("peak_memory_bytes")
+            bp_act = bp.get("activation_peak_bytes")
+            line.append(f"{_mib(peak)}{ratio(peak or 0, bp.get('peak_memory_bytes'))} / "
+                        f"{_mib(act)}{ratio(act, bp_act)}")
+            if bp_act and rule != "backprop" and d >= MEMORY_TARGET_MIN_DEPTH:
+                meets.append(act / bp_act <= MEMORY_TARGET_FACTOR / d)
         line.append("-" if rule == "backprop" or not meets else ("yes" if all(meets) else "no"))
-        last = cells.get((rule, depths[-1]))
-        line.append(_mib(last.get("peak_memory_bytes")) if last else "-")
+        last = cells.get((rule, top)) or {}
+        line.append(_mib(last.get("fixed_state_bytes")))
+        line.append(_mib(last.get("saved_tensor_peak_bytes")))
         table.append(line)
     return table
 
@@ -333,8 +380,10 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
             for ax, key in ((ax1, "epoch"), (ax2, "elapsed_train_seconds")):
                 xs, ys = _mean_curve(group, key)
                 if xs:
-                    ax.plot(xs, ys, marker=".", color=colors[rule], label=rule,
-                            lw=2.5 if rule == "backprop" else 1.3)
+                    frozen = is_frozen(group[0])
+                    ax.plot(xs, ys, marker=".", color=colors[rule],
+                            label=f"{rule} (frozen)" if frozen else rule,
+                            ls="--" if frozen else "-", lw=2.5 if rule == "backprop" else 1.3)
         ax1.set(xlabel="epoch", ylabel="validation accuracy (mean over seeds)",
                 title=f"Accuracy vs epoch: {data}, {net}")
         ax2.set(xlabel="training seconds", ylabel="validation accuracy (mean over seeds)",
@@ -389,7 +438,7 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
                     [MEMORY_TARGET_FACTOR * p["activation_peak_bytes"] / p["depth"] / 2**20
                      for p in bp], "k--", label=f"target: backprop × {MEMORY_TARGET_FACTOR}/depth")
         ax.set(xscale="log", yscale="log", xlabel="depth (blocks)",
-               ylabel="peak activation memory, MiB", title="Memory vs depth")
+               ylabel="activation peak (allocator-level), MiB", title="Memory vs depth")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, ncol=2)
         out["Memory vs depth"] = _png(fig)
@@ -470,8 +519,12 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
     hardware = hardware_lines(rows)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [("Results (mean ± std over seeds)", results_table(rows), "results"),
-                ("Memory vs depth (peak autograd saved tensors; × backprop at the same depth)",
-                 memory_table(rows), "memory"),
+                ("Each rule beside its frozen control (blocks kept at their random "
+                 "initialisation, only head/readouts learn; same seed and settings)",
+                 frozen_table(rows), "frozen"),
+                ("Memory vs depth (allocator-level peak of a training step, and the "
+                 "activation peak: what a step allocates and frees itself; × backprop at "
+                 "the same depth)", memory_table(rows), "memory"),
                 ("Compute efficiency (matmul FLOPs per training step / step time, against "
                  "torch.matmul on the same shapes)", efficiency_table(rows), "efficiency"),
                 ("Diagnostics at the last epoch (per layer / block, mean over seeds; "
