@@ -298,3 +298,82 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_checkpoint(trained_run, caps
                      "mlp:16", "--quiet", "--epochs", "3", "--lr", "1e30", "--optimizer", "sgd",
                      "--out", str(trained_run.parent / "nan"))
     assert "epoch" in line and "learning rate" in line and ("NaN" in line or "infinite" in line)
+
+
+# -- bad input: one validated boundary, exit 2, one line, no traceback ---------------------
+
+BASE = ("train", "--rule", "backprop", "--data", "digits", "--net", "mlp:16", "--epochs", "1",
+        "--quiet")
+
+
+@pytest.mark.parametrize("config,extra,needle", [
+    ("net: 5\n", (), "net"),
+    ("rule: [1, 2]\n", (), "rule"),
+    ("data_options: 5\n", (), "data_options"),
+    ("", ("--set", "device=5"), "device"),
+    ("", ("--set", "data.val_fraction=abc"), "val_fraction"),
+    ("", ("--set", "out=/tmp/x"), "--out"),
+    ("", ("--set", "overwrite=true"), "--overwrite"),
+    ("", ("--set", "resume=true"), "--resume"),
+    ("", ("--set", "eval_batch_size=0"), "eval_batch_size"),
+    ("", ("--set", "eval_batch_size=-3"), "eval_batch_size"),
+    ("", ("--seed", str(2**64)), "64 bits"),
+    ("", ("--batch-size", str(2**70)), "64 bits"),
+    ("", ("--weight-decay", "-1"), "weight_decay"),
+    ("", ("--weight-decay", "nan"), "weight_decay"),
+    ("", ("--set", "momentum=-0.5"), "momentum"),
+    ("", ("--set", "momentum=.nan"), "momentum"),
+    ("", ("--net", "mlp:"), "nothing after ':'"),
+    ("", ("--set", "data.val_fraction=0.99", "--set", "data.test_fraction=0.5"), "fraction"),
+    ("", ("--set", "data.val_fraction=1.5"), "val_fraction"),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, config, extra, needle):
+    argv = [*BASE, "--out", str(tmp_path / "run"), *extra]
+    if config:  # the file's value, not the flags', is the one under test
+        argv = ["train", "--data", "digits", "--epochs", "1", "--quiet", "--out",
+                str(tmp_path / "run")]
+        (tmp_path / "c.yaml").write_text(config)
+        argv += ["--config", str(tmp_path / "c.yaml")]
+    line = cli_error(capsys, *argv)
+    assert needle in line, line
+
+
+def test_bad_files_and_places_are_one_line(tmp_path, capsys, trained_run, monkeypatch):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
+    assert "config" in cli_error(capsys, *BASE, "--config", str(tmp_path / "bin.yaml"))
+    (tmp_path / "bin.csv").write_bytes(b"a,b\n\xff\xfe,1\n")
+    cli_error(capsys, "train", "--data", f"csv:{tmp_path / 'bin.csv'}", "--net", "mlp:4",
+              "--quiet", "--epochs", "1")
+    (tmp_path / "file").write_text("x")
+    assert "--out" in cli_error(capsys, *BASE, "--out", str(tmp_path / "file" / "sub"))
+    assert "--out" in cli_error(capsys, *BASE, "--out", str(tmp_path / ("n" * 300)))
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "CUDA" in cli_error(capsys, "inspect", str(trained_run), "--device", "cuda")
+    monkeypatch.setenv("RANK", "abc")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "RANK" in cli_error(capsys, *BASE)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    # Damaged fields in a run folder's files.
+    cfg = json.loads((trained_run / "config.json").read_text())
+    (trained_run / "config.json").write_text(json.dumps({**cfg, "net_options": 7}))
+    cli_error(capsys, "inspect", str(trained_run))
+    (trained_run / "config.json").write_text(json.dumps({**cfg, "train": {**cfg["train"],
+                                                                          "lr": "fast"}}))
+    cli_error(capsys, "train", "--resume", "--epochs", "2", "--out", str(trained_run),
+              "--quiet")
+    (trained_run / "config.json").write_text(json.dumps(cfg))
+    (trained_run / "summary.json").write_text("[1, 2")
+    cli_error(capsys, "inspect", str(trained_run))
+
+
+def test_inspect_into_a_closed_pipe_is_quiet(trained_run):
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m locallearn inspect {trained_run} | head -c 10 >/dev/null")
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True,
+                       timeout=120)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr

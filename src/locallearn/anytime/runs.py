@@ -38,7 +38,7 @@ from locallearn.training.checkpoint import (
     write_json_atomic,
 )
 from locallearn.training.runfolder import ensure_dir, holds_run, project_files
-from locallearn.training.trainer import TrainConfig, evaluate
+from locallearn.training.trainer import TrainConfig, evaluate, resolve_device
 
 
 @dataclass
@@ -143,6 +143,7 @@ def build_rule(config: dict[str, Any], dataset=None, extra_transforms: list | No
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     """The trained rule of a run directory (with its dataset, config and summary)."""
     run_dir = Path(run_dir)
+    resolve_device(device)  # --device cuda without CUDA: one line before any work
     config = read_config(run_dir)
     train = config.get("train", {})
     # The weights summary.json was measured with: best.* when early stopping restored it.
@@ -155,7 +156,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     load_rule_tensors(rule, tensors, f"weights in {run_dir} do not fit its config.json",
                       "retrain the run")
     rule.load_extra_state(meta.get("rule_extra", {}))
-    rule.to(device)
+    rule.to(resolve_device(device))  # --device cuda without CUDA: one line
     rule.eval()
     summary_path = run_dir / "summary.json"
     summary = read_json_object(summary_path) if summary_path.exists() else {}

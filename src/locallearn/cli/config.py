@@ -22,7 +22,11 @@ def read_config(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read config file {path}: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     try:
         if path.suffix == ".toml":
             cfg = tomllib.loads(text)
@@ -44,7 +48,7 @@ def normalise(cfg: dict[str, Any]) -> dict[str, Any]:
         if key in SECTIONS and isinstance(value, dict):
             out.setdefault(SECTIONS[key], {}).update(value)
         elif key in SECTIONS.values():
-            out.setdefault(key, {}).update(value or {})
+            out.setdefault(key, {}).update(mapping(key, value))
         else:
             out[key] = value
     return out
@@ -68,12 +72,22 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def mapping(key: str, value: Any) -> dict[str, Any]:
+    """An options section (``rule_options`` ...): a mapping, or one line saying it is not."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"setting {key!r} must be a mapping of options (e.g. "
+                        f"{key.removesuffix('_options')}: {{name: value}}), got {value!r}")
+    return value
+
+
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
             if key in SECTIONS.values():
-                out.setdefault(key, {}).update(value or {})
+                out.setdefault(key, {}).update(mapping(key, value))
             elif value is not None:
                 out[key] = value
     return out

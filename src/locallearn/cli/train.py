@@ -67,7 +67,20 @@ def settings_from_args(args: argparse.Namespace, stored: dict | None = None) -> 
     settings.setdefault("rule", "backprop")
     settings.setdefault("data", "mnist5k")
     settings.setdefault("net", "mlp:500,500")
+    check_settings(settings)
     return settings
+
+
+def check_settings(settings: dict) -> None:
+    """The boundary for every value from flags, config files, ``--set`` and a run folder:
+    names are strings, options mappings, and training settings TrainConfig's types."""
+    from locallearn.training.run import TRAIN_KEYS, check_names, coerce_setting
+
+    check_names(settings["rule"], settings["data"], settings["net"], settings.get("data_dir"),
+                **{k: settings.get(k) for k in ("data_options", "net_options", "rule_options")})
+    for key, value in settings.items():
+        if key in TRAIN_KEYS:
+            coerce_setting(key, value)
 
 
 def refuse_conflicts(stored: dict, given: dict) -> None:

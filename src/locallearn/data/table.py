@@ -58,7 +58,7 @@ def read_table(path: Path, label_column=None) -> tuple[np.ndarray, list[str], li
             except csv.Error:
                 dialect = csv.excel
             rows = [row for row in csv.reader(f, dialect) if any(c.strip() for c in row)]
-    except (UnicodeDecodeError, csv.Error) as exc:
+    except (UnicodeDecodeError, csv.Error, OSError) as exc:
         raise UserError(f"csv {path} cannot be read as a text table: {exc}") from None
     if not rows:
         raise UserError(f"csv {path} is empty")

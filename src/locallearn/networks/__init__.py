@@ -22,8 +22,11 @@ NETWORKS: Registry = Registry("network")
 def create_network(
     spec: str, input_shape: Sequence[int], num_classes: int, **options: Any
 ) -> Network:
-    family, _, argument = spec.partition(":")
+    family, colon, argument = spec.partition(":")
     builder = NETWORKS.get(family)
+    if colon and not argument.strip():
+        raise UserError(f"network spec {spec!r} has nothing after ':'; give the sizes (e.g. "
+                        f"'{family}:500,500') or write '{family}' for its default")
     try:
         net = builder(argument, tuple(input_shape), num_classes, **options)
     except TypeError as exc:

@@ -506,5 +506,13 @@ def make_stage(rule: Rule, ctx: StageContext, channel: ActivationChannel, optimi
 def env_rank() -> tuple[int, int] | None:
     """(rank, world size) when started by torchrun or our launcher, else None."""
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        try:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        except ValueError:
+            raise UserError(f"RANK={os.environ['RANK']!r} and WORLD_SIZE="
+                            f"{os.environ['WORLD_SIZE']!r} must be integers (set by torchrun); "
+                            f"unset them to train in one process") from None
+        if not 0 <= rank < world:
+            raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world})")
+        return rank, world
     return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,10 +26,27 @@ class TrainResult:
     dataset: Any
 
 
+def check_names(rule: Any, data: Any, net: Any, data_dir: Any = None, **options: Any) -> None:
+    """The run's names and option mappings have the right types (from any source: flags,
+    config files, ``--set``, a run folder's config.json)."""
+    for key, value in (("rule", rule), ("data", data), ("net", net)):
+        if not isinstance(value, str) or not value.strip():
+            raise UserError(f"setting {key!r} must be a name like "
+                            f"{ {'rule': 'backprop', 'data': 'digits', 'net': 'mlp:64'}[key]!r}, "
+                            f"got {value!r}")
+    if data_dir is not None and not isinstance(data_dir, str | Path):
+        raise UserError(f"setting 'data_dir' must be a path, got {data_dir!r}")
+    for key, value in options.items():
+        if value is not None and not isinstance(value, dict):
+            raise UserError(f"setting {key!r} must be a mapping of options, got {value!r}")
+
+
 def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = None,
           data_options: dict | None = None, net_options: dict | None = None,
           rule_options: dict | None = None):
     """Dataset, network and rule, seeded so the same seed gives the same start."""
+    check_names(rule, data, net, data_dir, data_options=data_options, net_options=net_options,
+                rule_options=rule_options)
     dataset = load_dataset(data, seed=seed, data_dir=data_dir, **(data_options or {}))
     RULES.get(rule)  # fail on an unknown rule before any work
     torch.manual_seed(seed)
@@ -41,6 +60,8 @@ def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = 
 
 def make_config(rule: str, **train_options: Any) -> TrainConfig:
     """TrainConfig from the rule's defaults overridden by ``train_options``."""
+    if not isinstance(rule, str):
+        raise UserError(f"setting 'rule' must be a name like 'backprop', got {rule!r}")
     settings = {k: v for k, v in RULES.get(rule).defaults.items() if k in TRAIN_KEYS}
     settings.update({k: v for k, v in train_options.items() if v is not None})
     unknown = set(settings) - TRAIN_KEYS
@@ -56,7 +77,15 @@ def coerce_setting(key: str, value: Any) -> Any:
     """Config files and ``--set`` give strings or YAML scalars: check them against
     TrainConfig's field types so ``epochs=abc`` is a one-line error, not a TypeError."""
     kind = str(TRAIN_TYPES[key])
-    if value is None or kind.startswith("dict") or "str" in kind:
+    if value is None:
+        return value
+    if kind.startswith("dict"):
+        if not isinstance(value, dict):
+            raise UserError(f"setting {key!r} must be a mapping, got {value!r}")
+        return value
+    if "str" in kind:
+        if not isinstance(value, str):
+            raise UserError(f"setting {key!r} must be a string, got {value!r}")
         return value
     try:
         if kind == "bool":
@@ -66,13 +95,25 @@ def coerce_setting(key: str, value: Any) -> Any:
                 raise ValueError
             return bool(value)
         if kind == "int":
-            if isinstance(value, bool) or float(value) != int(float(value)):
+            if isinstance(value, bool):
                 raise ValueError
-            return int(float(value))
+            if isinstance(value, int):
+                number = value
+            else:
+                as_float = float(value)
+                if not as_float.is_integer():
+                    raise ValueError
+                number = int(as_float)
+            if abs(number) > 2**63 - 1:
+                raise UserError(f"setting {key!r} = {number} does not fit in 64 bits")
+            return number
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise UserError(f"setting {key!r} must be a finite number, got {value!r}")
+            return number
     except (TypeError, ValueError):
         raise UserError(f"setting {key!r} must be {'an' if kind == 'int' else 'a'} {kind}, "
                         f"got {value!r}") from None

@@ -49,9 +49,9 @@ def holds_run(out: Path) -> bool:
 
 def ensure_dir(out: Path) -> None:
     """Create ``out``, or say in one line why it cannot be."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
     try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} exists and is not a directory")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create --out {out}: {exc.strerror or exc}; choose another "

@@ -85,6 +85,14 @@ class TrainConfig:
             raise UserError(f"threads must be >= 1 (or 0 for torch's default), got {self.threads}")
         if self.patience < 0:
             raise UserError(f"patience must be >= 0, got {self.patience}")
+        if self.eval_batch_size <= 0:
+            raise UserError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be a finite number >= 0, got {value}")
+        if not 0 <= self.seed < 2**63:
+            raise UserError(f"seed must be in 0..2**63-1, got {self.seed}")
         if self.resume and not self.out:
             raise UserError("--resume needs --out pointing at the run directory to continue")
 
