@@ -214,3 +214,77 @@ def test_stashed_weights_keep_a_pending_graph_valid_after_an_update():
         block[1].weight.add_(1.0)
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
+
+
+def test_staged_resume_uses_the_last_committed_set(staged_runs, tmp_path):
+    """Killed after every stage saved its epoch-2 part but before the merged checkpoint
+    committed it: resume continues from epoch 1's set and ends where the full run did."""
+    import shutil
+
+    _, two, _ = staged_runs
+    run = tmp_path / "run"
+    shutil.copytree(two, run)
+    os.replace(run / "checkpoint.prev.safetensors", run / "checkpoint.safetensors")
+    assert (run / "stage0-e1.safetensors").exists()  # the uncommitted parts are there
+    r = cli_env("train", "--resume", "--epochs", "2", "--stages", "2", "--out", str(run),
+                "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert_same_weights(rule_tensors(two), rule_tensors(run))
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_staged_resume_refuses_a_part_of_another_run(staged_runs, tmp_path):
+    import shutil
+
+    from locallearn.training.checkpoint import save_checkpoint
+
+    _, two, _ = staged_runs
+    run = tmp_path / "run"
+    shutil.copytree(two, run)
+    tensors, meta = load_checkpoint(run, stem="stage1-e1", fallback=False)
+    save_checkpoint(run, tensors, {**meta, "run_id": "someone-else"}, stem="stage1-e1",
+                    keep_previous=False, mirror=False)
+    r = cli_env("train", "--resume", "--epochs", "3", "--stages", "2", "--out", str(run),
+                "--quiet")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "another run" in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow  # a real launcher killed with SIGKILL (~20 s)
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_stages_die_with_their_launcher(tmp_path, sig):
+    import signal
+
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "locallearn", "train", *ARGS, "--epochs",
+                                 "500", "--stages", "2", "--out", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    stages = []
+    while len(stages) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stages = _children(launcher.pid)
+    assert len(stages) == 2
+    time.sleep(3)
+    launcher.send_signal(getattr(signal, sig))
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    alive = stages
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in stages if os.path.exists(f"/proc/{p}") and
+                 open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[0] != "Z"]
+    assert not alive, f"stages {alive} outlived their launcher"

@@ -324,6 +324,7 @@ BASE = ("train", "--rule", "backprop", "--data", "digits", "--net", "mlp:16", "-
     ("", ("--set", "momentum=-0.5"), "momentum"),
     ("", ("--set", "momentum=.nan"), "momentum"),
     ("", ("--net", "mlp:"), "nothing after ':'"),
+    ("", ("--net", "mlp:1000000,1000000,1000000"), "parameters"),
     ("", ("--set", "data.val_fraction=0.99", "--set", "data.test_fraction=0.5"), "fraction"),
     ("", ("--set", "data.val_fraction=1.5"), "val_fraction"),
 ])

@@ -52,10 +52,43 @@ def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = 
     torch.manual_seed(seed)
     # A dataset may suggest network options (graph data: the GNN head for node or link task).
     net_options = {**getattr(dataset, "network_options", {}), **(net_options or {})}
+    check_network_size(net, dataset.task.input_shape, dataset.task.num_classes, net_options)
     network = create_network(net, dataset.task.input_shape, dataset.task.num_classes,
                              **net_options)
     learner = create_rule(rule, network, dataset.task, **(rule_options or {}))
     return dataset, learner
+
+
+def memory_available() -> int | None:
+    """Bytes of memory the kernel says are available (Linux), else None."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_network_size(net: str, input_shape, num_classes: int, net_options: dict) -> None:
+    """Refuse a network too large for memory in one line, before allocating it: the spec
+    is built on the meta device (shapes only, no storage) and its parameters counted.
+    Training holds about four copies (weights, gradients, two Adam moments)."""
+    try:
+        with torch.device("meta"):
+            probe = create_network(net, input_shape, num_classes, **net_options)
+        n_bytes = sum(p.numel() * p.element_size() for p in probe.parameters())
+        n_params = sum(p.numel() for p in probe.parameters())
+    except UserError:
+        raise
+    except Exception:  # a layer that cannot be built on meta: no estimate, build for real
+        return
+    available = memory_available()
+    if available is not None and 4 * n_bytes > available:
+        raise UserError(f"network {net!r} has {n_params:,} parameters ({n_bytes / 2**30:.1f} "
+                        f"GiB; training needs about {4 * n_bytes / 2**30:.1f} GiB) but "
+                        f"{available / 2**30:.1f} GiB of memory is available; use a smaller "
+                        f"--net")
 
 
 def make_config(rule: str, **train_options: Any) -> TrainConfig:
