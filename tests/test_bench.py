@@ -7,6 +7,12 @@ import torch
 
 from locallearn.bench import Cell, load_suite, read_results, run_suite
 from locallearn.bench.cells import efficiency_cell, memory_cell
+from locallearn.bench.efficiency import (
+    FRACTION_NOISE,
+    relative_flops,
+    time_to_accuracy,
+    times_to_accuracy,
+)
 from locallearn.errors import UserError
 from locallearn.rules import RULES
 
@@ -135,7 +141,34 @@ def test_efficiency_counts_the_matmul_flops_backprop_performs():
     # Backward: a weight gradient for every layer, an input gradient for all but the first.
     backward = 2 * b * (d * w + w * w + w * c) + 2 * b * (w * w + w * c)
     assert row["flops_per_step"] == forward + backward
-    assert row["peak_matmul_flops"] > 0 and 0 < row["efficiency"] < 2
+    # Achieved FLOP/s can not beat the best matmul on the same shapes (beyond noise).
+    assert row["peak_matmul_flops"] > 0 and 0 < row["efficiency"] <= 1 + FRACTION_NOISE
+    assert not row["has_convolutions"]
+
+
+def test_efficiency_leaves_the_matmul_fraction_out_for_conv_nets():
+    cell = Cell("efficiency", "backprop", "digits", "cnn:4,8", 0, {"batch_size": 32})
+    row = efficiency_cell(cell, {"warmup_steps": 1, "min_steps": 2, "min_seconds": 0}, None,
+                          "cpu")
+    assert row["has_convolutions"] and row["efficiency"] is None
+    assert row["flops_per_sample"] > 0
+
+
+def test_time_to_accuracy_and_flops_relative_to_backprop():
+    history = [{"epoch": 0, "val_accuracy": 0.7, "elapsed_train_seconds": 1.0},
+               {"epoch": 1, "val_accuracy": 0.91, "elapsed_train_seconds": 2.5},
+               {"epoch": 2, "val_accuracy": 0.95, "elapsed_train_seconds": 4.0}]
+    assert time_to_accuracy(history, 0.9) == 2.5
+    assert time_to_accuracy(history, 0.96) is None
+    rows = [{"kind": "train", "status": "ok", "rule": "ff", "data": "mnist5k", "net": "m",
+             "seed": s, "history": history[: 3 - s], "options": {}} for s in (0, 1, 2)]
+    rows.append({**rows[0], "options": {"freeze_blocks": True}, "history": history[2:]})
+    tta = times_to_accuracy(rows)[("mnist5k", "m", "ff")]
+    # Seed 2 stops before 0.90; the frozen control is not a run of the rule.
+    assert tta["runs"] == 3 and tta["seconds"] == [2.5, 2.5] and tta["mean_seconds"] == 2.5
+    eff = [{"kind": "efficiency", "status": "ok", "key": r, "rule": r, "net": "m",
+            "batch_size": 8, "flops_per_sample": f} for r, f in (("backprop", 6.0), ("ff", 15.0))]
+    assert relative_flops(eff) == {"backprop": 1.0, "ff": 2.5}
 
 
 def test_dfa_streams_its_block_updates_once_the_error_exists():

@@ -151,21 +151,25 @@ def matmul_peak_flops(m: int, k: int, n: int, device: torch.device) -> dict[str,
     return best
 
 
-def count_step_flops(trainer, rule, optimizers, x, y) -> tuple[float, float]:
-    """Matmul/conv FLOPs of one real training step (forward, backward, update), and the
-    matmul share of them, from ``torch.utils.flop_counter``."""
+def count_step_flops(trainer, rule, optimizers, x, y) -> tuple[float, float, bool]:
+    """Matmul/conv FLOPs of one real training step (forward, backward, update), the
+    matmul share of them, and whether any are convolutions, from
+    ``torch.utils.flop_counter``."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from locallearn.bench.efficiency import uses_convolution
 
     with FlopCounterMode(display=False) as counter:
         trainer._step(rule, optimizers, x, y)
     total = float(counter.get_total_flops())
-    by_op = counter.get_flop_counts().get("Global", {})
-    matmul = sum(float(v) for op, v in by_op.items()
-                 if any(s in str(op) for s in ("mm", "addmm", "bmm", "matmul", "linear")))
-    return total, matmul
+    by_op = {str(op): float(v) for op, v in counter.get_flop_counts().get("Global", {}).items()}
+    matmul = sum(v for op, v in by_op.items()
+                 if any(s in op for s in ("mm", "addmm", "bmm", "matmul", "linear")))
+    return total, matmul, uses_convolution(by_op)
 
 
-@CELL_KINDS.register("efficiency", help="training FLOP/s as a fraction of torch.matmul's peak")
+@CELL_KINDS.register("efficiency", help="FLOPs per training sample, step time, and (MLPs "
+                                        "only) FLOP/s as a fraction of torch.matmul's peak")
 def efficiency_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str) -> dict:
     batch_size = int(cell.options.get("batch_size", 1024))
     warmup = int(settings.get("warmup_steps", 2))
@@ -175,7 +179,7 @@ def efficiency_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device
     dev = trainer.device
     width = max(b.out_features for b in rule.network.blocks)
     peak_before = matmul_peak_flops(batch_size, width, width, dev)
-    flops, matmul_flops = count_step_flops(trainer, rule, optimizers, x, y)
+    flops, matmul_flops, conv = count_step_flops(trainer, rule, optimizers, x, y)
     for _ in range(warmup):
         trainer._step(rule, optimizers, x, y)
     _sync(dev)
@@ -190,11 +194,14 @@ def efficiency_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device
     peak = max(*peak_before.values(), *peak_after.values())
     step_seconds = sorted(times)[len(times) // 2]  # median: robust to a neighbour's burst
     achieved = flops / step_seconds
+    # Against a matmul peak only when every counted FLOP is a matmul (see bench/efficiency.py).
+    fraction = (achieved / peak if peak > 0 and math.isfinite(achieved) and not conv
+                and matmul_flops == flops else None)
     return {"batch_size": batch_size, "width": width, "depth": len(rule.network.blocks),
             "flops_per_step": flops, "matmul_flops_per_step": matmul_flops,
             "flops_per_sample": flops / batch_size, "step_seconds_median": step_seconds,
             "step_seconds_min": min(times), "steps_timed": len(times),
             "achieved_flops": achieved, "peak_matmul_flops": peak,
             "peak_matmul_by_layout": {k: max(peak_before[k], peak_after[k]) for k in peak_before},
-            "efficiency": achieved / peak if peak > 0 and math.isfinite(achieved) else None,
-            "device": str(dev)}
+            "efficiency": fraction, "has_convolutions": conv,
+            "threads": torch.get_num_threads(), "device": str(dev)}

@@ -298,17 +298,39 @@ def memory_table(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def efficiency_table(rows: list[dict[str, Any]]) -> list[list[str]]:
-    table = [["rule", "net", "batch", "GFLOP/sample", "step s (median)", "achieved GFLOP/s",
-              "matmul peak GFLOP/s", "fraction of peak"]]
-    for (_, net, rule, _), group in _groups(rows, "efficiency").items():
+    """Per rule: FLOPs per training sample and relative to backprop's, step time, time to
+    a validation-accuracy target (from train rows in the same report), and the fraction
+    of matmul peak (MLPs only; see :mod:`locallearn.bench.efficiency`)."""
+    from locallearn.bench.efficiency import relative_flops, times_to_accuracy
+
+    rel = relative_flops(rows)
+    tta = times_to_accuracy(rows)
+    table = [["rule", "net", "batch", "GFLOP/sample", "FLOPs × backprop", "step s (median)",
+              "achieved GFLOP/s", "matmul peak GFLOP/s", "fraction of peak (MLP only)",
+              "train s to val target (seeds reaching)"]]
+    for (data, net, rule, _), group in _groups(rows, "efficiency").items():
         for r in group:
-            eff = r.get("efficiency")
+            eff, ratio = r.get("efficiency"), rel.get(r.get("key"))
+            reach = [v for (d, _, ru), v in tta.items() if d == data and ru == rule]
+            reach_cell = "-"
+            if reach:
+                v = reach[0]
+                mean = "-" if v["mean_seconds"] is None else f"{v['mean_seconds']:.1f}"
+                reach_cell = f"{mean} to {v['target']:.2f} ({len(v['seconds'])}/{v['runs']})"
             table.append([
                 str(rule), str(net), str(r.get("batch_size")),
-                f"{r['flops_per_sample'] / 1e9:.4f}", f"{r['step_seconds_median']:.3f}",
+                f"{r['flops_per_sample'] / 1e9:.4f}",
+                "-" if ratio is None else f"{ratio:.2f}", f"{r['step_seconds_median']:.3f}",
                 f"{r['achieved_flops'] / 1e9:.1f}", f"{r['peak_matmul_flops'] / 1e9:.1f}",
-                "-" if eff is None else f"{eff:.2f}",
+                "-" if eff is None else f"{eff:.2f}", reach_cell,
             ])
+    # Train rows only (e.g. the rules suite): the times alone, one line per rule and task.
+    only_times = [] if len(table) > 1 else sorted(
+        tta.items(), key=lambda kv: (kv[0][0], kv[0][1], _rule_order(kv[0][2])))
+    for (_data, net, rule), v in only_times:
+        mean = "-" if v["mean_seconds"] is None else f"{v['mean_seconds']:.1f}"
+        table.append([str(rule), str(net), "-", "-", "-", "-", "-", "-", "-",
+                      f"{mean} to {v['target']:.2f} ({len(v['seconds'])}/{v['runs']})"])
     return table if len(table) > 1 else []
 
 
@@ -525,8 +547,10 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
                 ("Memory vs depth (allocator-level peak of a training step, and the "
                  "activation peak: what a step allocates and frees itself; × backprop at "
                  "the same depth)", memory_table(rows), "memory"),
-                ("Compute efficiency (matmul FLOPs per training step / step time, against "
-                 "torch.matmul on the same shapes)", efficiency_table(rows), "efficiency"),
+                ("Efficiency (FLOPs of one real training step per sample and × backprop's; "
+                 "training seconds until validation accuracy first reaches the target; "
+                 "FLOP/s against torch.matmul on the same shapes, MLPs only)",
+                 efficiency_table(rows), "efficiency"),
                 ("Diagnostics at the last epoch (per layer / block, mean over seeds; "
                  "alignment angles in degrees)", diagnostics_table(_groups(rows, "train")),
                  "diagnostics"),
