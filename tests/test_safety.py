@@ -368,6 +368,14 @@ def test_bad_files_and_places_are_one_line(tmp_path, capsys, trained_run, monkey
     (trained_run / "config.json").write_text(json.dumps(cfg))
     (trained_run / "summary.json").write_text("[1, 2")
     cli_error(capsys, "inspect", str(trained_run))
+    from locallearn.training.checkpoint import load_checkpoint, save_checkpoint
+
+    tensors, meta = load_checkpoint(trained_run)
+    for damaged in ({"epoch": "x"}, {"best": 3}, {"history": [{"epoch": 0}]}):
+        save_checkpoint(trained_run, tensors, {**meta, **damaged}, keep_previous=False)
+        line = cli_error(capsys, "train", "--resume", "--epochs", "2", "--out",
+                         str(trained_run), "--quiet")
+        assert "checkpoint" in line, line
 
 
 def test_inspect_into_a_closed_pipe_is_quiet(trained_run):

@@ -58,7 +58,12 @@ class LoadedRun:
         known = {f.name for f in fields(TrainConfig)}
         settings = {k: v for k, v in self.config.get("train", {}).items() if k in known}
         settings.update(overrides)
-        return TrainConfig(**settings)
+        from locallearn.training.run import coerce_setting
+
+        # A run folder's values pass the same typed check as flags and config files.
+        config = TrainConfig(**{k: coerce_setting(k, v) for k, v in settings.items()})
+        config.validate()
+        return config
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

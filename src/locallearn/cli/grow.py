@@ -34,15 +34,18 @@ class Grow:
         if getattr(run.dataset, "evaluate", None) is not None:
             raise UserError(f"grow works on datasets of independent samples; "
                             f"{run.config['data']} has its own evaluation (graphs, text)")
-        out = prepare_out(args.out, args.overwrite)
-        print(f"growing {args.run_dir} ({run.config['rule']}, {run.config['net']}):")
-        result = grow(run, args.max_blocks, args.epochs, args.device, quiet=args.quiet,
-                      log=print)
-        rule = result["rule"]
-        metrics = held_out_metrics(rule, run.dataset, args.device)
-        save_model(out, rule, run.config, result["transforms"], {
-            **metrics, "grown_from": str(args.run_dir), "grow_steps": result["steps"],
-            "grow_split": result["split"]})
+        from locallearn.training.runfolder import RunLock
+
+        with RunLock(args.out):  # one writer per output folder while it is written
+            out = prepare_out(args.out, args.overwrite)
+            print(f"growing {args.run_dir} ({run.config['rule']}, {run.config['net']}):")
+            result = grow(run, args.max_blocks, args.epochs, args.device, quiet=args.quiet,
+                          log=print)
+            rule = result["rule"]
+            metrics = held_out_metrics(rule, run.dataset, args.device)
+            save_model(out, rule, run.config, result["transforms"], {
+                **metrics, "grown_from": str(args.run_dir), "grow_steps": result["steps"],
+                "grow_split": result["split"]})
         added = len(rule.network.blocks) - result["steps"][0]["blocks"]
         print(f"added {added} block(s): {len(rule.network.blocks)} blocks, test accuracy "
               f"{metrics['test_accuracy']:.4f}; wrote {out}")

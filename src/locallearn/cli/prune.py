@@ -32,16 +32,19 @@ class Prune:
                             f"{run.config['data']} has its own evaluation (graphs, text)")
         before = held_out_metrics(run.rule, run.dataset, args.device)
         choice = choose_prune(run.rule, run.dataset, args.keep, args.device)
-        out = prepare_out(args.out, args.overwrite)
-        c = choice["chosen"]
-        apply_prune(run.rule, c["skip"], c["exit"])
-        after = held_out_metrics(run.rule, run.dataset, args.device)
-        transforms = run.transforms + [{"kind": "prune", "skip": c["skip"], "exit": c["exit"]}]
-        save_model(out, run.rule, run.config, transforms, {
-            **after, "kept_blocks": args.keep, "pruned_from": str(args.run_dir),
-            "original_test_accuracy": before["test_accuracy"],
-            "original_num_parameters": before["num_parameters"],
-            "prune_candidates": choice["candidates"], "prune_split": choice["split"]})
+        from locallearn.training.runfolder import RunLock
+
+        with RunLock(args.out):  # one writer per output folder while it is written
+            out = prepare_out(args.out, args.overwrite)
+            c = choice["chosen"]
+            apply_prune(run.rule, c["skip"], c["exit"])
+            after = held_out_metrics(run.rule, run.dataset, args.device)
+            transforms = run.transforms + [{"kind": "prune", "skip": c["skip"], "exit": c["exit"]}]
+            save_model(out, run.rule, run.config, transforms, {
+                **after, "kept_blocks": args.keep, "pruned_from": str(args.run_dir),
+                "original_test_accuracy": before["test_accuracy"],
+                "original_num_parameters": before["num_parameters"],
+                "prune_candidates": choice["candidates"], "prune_split": choice["split"]})
         for cand in choice["candidates"]:
             what = (f"skip blocks {cand['skip']}" if cand["kind"] == "skip"
                     else f"cut after block {cand['exit']}, predict from its readout")

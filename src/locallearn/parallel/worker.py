@@ -43,6 +43,7 @@ from locallearn.parallel.stages import (
 )
 from locallearn.training.checkpoint import (
     check_loaded_state,
+    check_meta,
     checkpoint_paths,
     flatten_optimizer,
     load_checkpoint,
@@ -301,6 +302,11 @@ class StageTrainer:
         if rank == 0:
             _, main_meta = load_checkpoint(self.out)
             check_same_run(self.out, main_meta)
+            try:
+                check_meta(main_meta)
+            except ValueError as exc:
+                raise UserError(f"checkpoint in {self.out} is damaged ({exc}); start again "
+                                f"with --overwrite") from None
             chosen = [main_meta]
         dist.broadcast_object_list(chosen, src=0)
         main_meta = chosen[0]

@@ -252,3 +252,19 @@ def check_loaded_state(optimizers, rests: list, tensors: dict[str, torch.Tensor]
     expected = torch.get_rng_state()
     if rng is None or rng.dtype != expected.dtype or rng.shape != expected.shape:
         raise bad("its random number generator state is missing or of the wrong size")
+
+
+def check_meta(meta: dict[str, Any]) -> None:
+    """The fields a resume uses have their types (ValueError naming the first that does
+    not): ``epoch`` an int >= 0, ``history`` one record per epoch so far, ``best`` a dict
+    with a numeric ``val_accuracy`` and an int ``epoch``."""
+    epoch, history, best = meta.get("epoch"), meta.get("history"), meta.get("best")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"epoch is {epoch!r}")
+    if not isinstance(history, list) or len(history) != epoch + 1 or \
+            not all(isinstance(h, dict) and isinstance(h.get("train_seconds"), int | float)
+                    and isinstance(h.get("samples"), int) for h in history):
+        raise ValueError(f"history does not hold {epoch + 1} epoch records")
+    if not (isinstance(best, dict) and isinstance(best.get("val_accuracy"), int | float)
+            and isinstance(best.get("epoch"), int)):
+        raise ValueError(f"best is {best!r}")

@@ -24,6 +24,7 @@ from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
     check_loaded_state,
+    check_meta,
     flatten_optimizer,
     load_checkpoint,
     load_rule_tensors,
@@ -282,9 +283,8 @@ class Trainer:
                         plan_schedule(sch, cfg.epochs)
                 rule.load_extra_state(meta.get("rule_extra", {}))
                 torch.set_rng_state(tensors["rng.torch"])
+                check_meta(meta)
                 start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
-                if len(history) != start_epoch:
-                    raise ValueError(f"history of {len(history)} epochs at epoch {start_epoch}")
             except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
                 raise UserError(f"checkpoint in {self.out} is incomplete or does not fit this "
                                 f"run ({type(exc).__name__}: {exc}); resume with the same "
