@@ -29,8 +29,8 @@ def test_cli_train_writes_summary(cli, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     for key in ("rule", "data", "net", "epochs", "seed", "test_accuracy", "train_seconds",
                 "samples_per_second", "peak_memory_bytes", "device", "torch_version",
-                "per_layer_test_accuracy"):
+                "per_block_test_accuracy", "per_layer_test_accuracy"):
         assert key in s, key
     assert s["rule"] == "backprop" and s["epochs"] == 2 and 0 <= s["test_accuracy"] <= 1
-    assert s["per_layer_test_accuracy"] is None
+    assert s["per_block_test_accuracy"] is None and s["per_layer_test_accuracy"] is None
     assert s["torch_version"] == torch.__version__

@@ -5,7 +5,8 @@ import torch
 
 from locallearn import create_network, create_rule, train
 from locallearn.errors import UserError
-from locallearn.rules.ff_common import LabelEmbedding, goodness, normalise, wrong_labels
+from locallearn.rules._norm import rms_normalise
+from locallearn.rules.ff_common import NORM_EPS, LabelEmbedding, goodness, wrong_labels
 from locallearn.testing import assert_local, gradient_reach
 
 
@@ -34,7 +35,7 @@ def test_goodness_normalise_and_negatives():
     h = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
     assert goodness(h, "mean").item() == pytest.approx(1.5)
     assert goodness(h, "sum").item() == pytest.approx(6.0)
-    assert normalise(3 * h).square().mean().item() == pytest.approx(1.0, rel=1e-5)
+    assert rms_normalise(3 * h, NORM_EPS).square().mean().item() == pytest.approx(1.0, rel=1e-5)
     y = torch.randint(0, 10, (500,))
     assert (wrong_labels(y, 10) != y).all()
     scores = torch.zeros(500, 10)

@@ -96,7 +96,7 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
     base_test = evaluate(rule, dataset.loader("test", 1024), torch.device(device))
     steps = [{"blocks": len(rule.network.blocks), "added": 0, "val_accuracy": best_val,
               "test_accuracy": base_test["accuracy"],
-              "per_layer_test_accuracy": base_test["per_block_accuracy"], "kept": True}]
+              "per_block_test_accuracy": base_test["per_block_accuracy"], "kept": True}]
     if log:
         log(f"  {steps[0]['blocks']} blocks (trained run): val {best_val:.4f}  "
             f"test {base_test['accuracy']:.4f}")
@@ -123,7 +123,7 @@ def grow(run: LoadedRun, max_blocks: int = 3, epochs: int | None = None,
         kept = val > best_val
         steps.append({"blocks": old_blocks + 1, "added": i, "val_accuracy": val,
                       "test_accuracy": test["accuracy"],
-                      "per_layer_test_accuracy": test["per_block_accuracy"], "kept": kept})
+                      "per_block_test_accuracy": test["per_block_accuracy"], "kept": kept})
         if log:
             log(f"  {old_blocks + 1} blocks (+{i}): val {val:.4f}  test {test['accuracy']:.4f}"
                 f"  {'kept' if kept else 'no better: discarded, stop'}")

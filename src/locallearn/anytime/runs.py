@@ -24,12 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from locallearn.data import load_dataset
 from locallearn.errors import UserError
 from locallearn.measure.hardware import hardware_info
-from locallearn.networks import create_network
 from locallearn.networks.network import Network
-from locallearn.rules import RULES, Rule, create_rule
+from locallearn.rules import Rule
 from locallearn.training.checkpoint import (
     has_checkpoint,
     load_checkpoint,
@@ -38,6 +36,7 @@ from locallearn.training.checkpoint import (
     write_json_atomic,
 )
 from locallearn.training.runfolder import ensure_dir, holds_run, project_files
+from locallearn.training.spec import RunSpec
 from locallearn.training.trainer import TrainConfig, evaluate, resolve_device
 
 
@@ -123,20 +122,12 @@ def build_rule(config: dict[str, Any], dataset=None, extra_transforms: list | No
     """A fresh (untrained) rule for the run's config with its transforms replayed."""
     from locallearn.anytime.prune import apply_prune
 
-    RULES.get(config["rule"])
-    seed = int(config.get("train", {}).get("seed", 0))
-    if dataset is None:
-        dataset = load_dataset(config["data"], seed=seed, data_dir=config.get("data_dir"),
-                               **(config.get("data_options") or {}))
+    spec = RunSpec.from_settings(config, seed=int(config.get("train", {}).get("seed", 0)))
     transforms = list(config.get("transforms", [])) + list(extra_transforms or [])
-    torch.manual_seed(seed + seed_offset)
-    net_options = {**getattr(dataset, "network_options", {}), **(config.get("net_options") or {})}
-    network = create_network(config["net"], dataset.task.input_shape, dataset.task.num_classes,
-                             **net_options)
     grown = sum(t.get("blocks", 0) for t in transforms if t.get("kind") == "grow")
-    if grown:
-        grow_network(network, grown)
-    rule = create_rule(config["rule"], network, dataset.task, **(config.get("rule_options") or {}))
+    dataset, _, rule = spec.build(
+        dataset, seed_offset, adapt_network=(lambda net: grow_network(net, grown)) if grown
+        else None)
     for t in transforms:
         if t.get("kind") == "prune":
             apply_prune(rule, t.get("skip", []), t.get("exit"))
@@ -183,7 +174,8 @@ def held_out_metrics(rule: Rule, dataset, device: str = "cpu", batch_size: int =
                  ) -> dict[str, Any]:
     test = evaluate(rule, dataset.loader("test", batch_size), torch.device(device))
     return {"test_accuracy": test["accuracy"],
-            "per_layer_test_accuracy": test["per_block_accuracy"],
+            "per_block_test_accuracy": test["per_block_accuracy"],
+            "per_layer_test_accuracy": test["per_block_accuracy"],  # old name, one release
             "num_parameters": sum(p.numel() for p in rule.parameters()),
             "blocks": len(rule.network.blocks)}
 

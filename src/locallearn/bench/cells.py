@@ -43,9 +43,9 @@ def train_cell(cell: Cell, settings: dict[str, Any], cell_dir: Path, device: str
     history = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()
                if line.strip()]
     keep = ("epochs", "test_accuracy", "best_val_accuracy", "best_epoch",
-            "per_layer_test_accuracy", "train_seconds", "samples_per_second",
-            "peak_memory_bytes", "memory", "num_parameters", "device", "train_config",
-            "freeze_blocks")
+            "per_block_test_accuracy", "per_layer_test_accuracy", "train_seconds",
+            "samples_per_second", "peak_memory_bytes", "memory", "num_parameters", "device",
+            "train_config", "freeze_blocks")
     row = {k: s.get(k) for k in keep}
     row.update({k: v for k, v in s.items() if k.startswith("test_") and k not in row})
     row["history"] = [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"],
@@ -76,7 +76,8 @@ def attack_row(result: Any, attack: dict[str, Any], device: str) -> dict[str, An
 
 def _setup(cell: Cell, device: str, batch_size: int):
     """Dataset, rule, trainer and optimisers for measuring a few training steps."""
-    from locallearn.training import TrainConfig, Trainer, build
+    from locallearn.training import TrainConfig, Trainer
+    from locallearn.training.spec import RunSpec
     from locallearn.training.trainer import to_device
 
     train_options, sections = split_options(cell.options)
@@ -84,10 +85,10 @@ def _setup(cell: Cell, device: str, batch_size: int):
                             if k in TrainConfig.__dataclass_fields__},
                          seed=cell.seed, device=device, quiet=True, checkpoint=False)
     trainer = Trainer(config, {})
-    dataset, rule = build(cell.rule, cell.data, cell.net, cell.seed,
-                          data_options=sections.get("data_options"),
-                          net_options=sections.get("net_options"),
-                          rule_options=cell.rule_options)
+    dataset, _, rule = RunSpec(cell.rule, cell.data, cell.net, cell.seed,
+                               data_options=sections.get("data_options"),
+                               net_options=sections.get("net_options"),
+                               rule_options=cell.rule_options).build()
     rule.to(trainer.device).train()
     optimizers = trainer.make_optimizers(rule)
     x, y = next(dataset.loader("train", batch_size, shuffle=True, seed=cell.seed))

@@ -214,9 +214,9 @@ class Train:
             print(f"link prediction: test AUC {s['test_auc']:.4f}")
         if s.get("test_perplexity") is not None:
             print(f"test perplexity {s['test_perplexity']:.3f}")
-        if s.get("per_layer_test_accuracy"):
+        if s.get("per_block_test_accuracy"):
             print("per-block test accuracy: "
-                  + ", ".join(f"{a:.4f}" for a in s["per_layer_test_accuracy"]))
+                  + ", ".join(f"{a:.4f}" for a in s["per_block_test_accuracy"]))
         if args.out:
             print(f"wrote {Path(args.out) / 'summary.json'}")
         return 0

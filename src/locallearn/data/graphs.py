@@ -357,7 +357,7 @@ def find_file(data_dir: Path | None, dataset: str, file_name: str, folders: list
                     f"(looked in {', '.join(str(data_dir / f) for f in folders)})")
 
 
-def row_normalise(x: Tensor) -> Tensor:
+def row_sum_normalise(x: Tensor) -> Tensor:
     """Each row divided by its sum (torch_geometric's NormalizeFeatures)."""
     return x / x.sum(1, keepdim=True).clamp_min(1e-12)
 
@@ -383,7 +383,7 @@ def planetoid(seed: int = 0, data_dir=None, argument: str = "cora", task: str = 
     except Exception as exc:  # pickles of any shape: report in one line, don't trace
         raise UserError(f"dataset {name}: cannot read the raw files in "
                         f"{paths['x'].parent} ({type(exc).__name__}: {exc})") from None
-    return make_graph_dataset(name, row_normalise(x), edge_index, y, seed, task,
+    return make_graph_dataset(name, row_sum_normalise(x), edge_index, y, seed, task,
                               val_fraction, test_fraction)
 
 
@@ -482,7 +482,7 @@ def citationfull(seed: int = 0, data_dir=None, argument: str = "cora_ml", task: 
     name = f"citationfull:{key}"
     path = find_file(data_dir, name, f"{key}.npz", [".", key, f"{key}/raw"])
     x, edge_index, y = read_npz_graph(name, path)
-    return make_graph_dataset(name, row_normalise(x), edge_index, y, seed, task, val_fraction,
+    return make_graph_dataset(name, row_sum_normalise(x), edge_index, y, seed, task, val_fraction,
                               test_fraction)
 
 
@@ -494,5 +494,5 @@ def amazon_photo(seed: int = 0, data_dir=None, task: str = "node", val_fraction:
     path = find_file(data_dir, name, "amazon_electronics_photo.npz",
                      [".", "Photo", "Photo/raw", "photo", "photo/raw"])
     x, edge_index, y = read_npz_graph(name, path)
-    return make_graph_dataset(name, row_normalise(x), edge_index, y, seed, task, val_fraction,
+    return make_graph_dataset(name, row_sum_normalise(x), edge_index, y, seed, task, val_fraction,
                               test_fraction)

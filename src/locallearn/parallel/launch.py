@@ -33,17 +33,15 @@ def _free_port() -> int:
 
 def validate(settings: dict[str, Any], stages: int, staleness: int) -> None:
     """Refuse impossible stagings before any process starts."""
-    from locallearn.training.run import build, coerce_setting
+    from locallearn.training.run import coerce_setting
+    from locallearn.training.spec import RunSpec
 
     if staleness < 0:  # before building anything
         raise UserError(f"--staleness must be >= 0, got {staleness}")
     if coerce_setting("freeze_blocks", settings.get("freeze_blocks", False)):
         raise UserError("freeze_blocks (the frozen control) runs in one process; "
                         "drop --stages")
-    _, rule = build(settings["rule"], settings["data"], settings["net"],
-                    settings.get("seed") or 0, settings.get("data_dir"),
-                    settings.get("data_options"), settings.get("net_options"),
-                    settings.get("rule_options"))
+    _, _, rule = RunSpec.from_settings(settings).build()
     check_stageable(rule, staleness)
     partition(len(rule.network.blocks), stages)
 

@@ -349,7 +349,8 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
 
     ``teardown=False`` leaves the process group alive for a process that exits at once.
     """
-    from locallearn.training.run import build, make_config, run_info_for
+    from locallearn.training.run import make_config
+    from locallearn.training.spec import SPEC_KEYS, RunSpec
 
     ranks = env_rank()
     if ranks is None:
@@ -358,23 +359,17 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
     rank, world = ranks
     if world != stages:
         raise UserError(f"--stages {stages} but the launcher started {world} processes")
-    s = dict(settings)
-    names = {k: s.pop(k) for k in ("rule", "data", "net")}
-    options = {k: s.pop(k, None) for k in ("data_dir", "data_options", "net_options",
-                                           "rule_options")}
-    config = make_config(names["rule"], out=out, quiet=quiet, resume=resume,
+    s = {k: v for k, v in settings.items() if k not in SPEC_KEYS}
+    config = make_config(settings["rule"], out=out, quiet=quiet, resume=resume,
                          overwrite=overwrite, **s)
-    run_info = run_info_for(names["rule"], names["data"], names["net"], options["data_dir"],
-                            options["rule_options"], options["data_options"],
-                            options["net_options"])
+    spec = RunSpec.from_settings(settings, seed=config.seed)
+    run_info = spec.info()
     device = resolve_device(config.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     try:
-        dataset, rule = build(names["rule"], names["data"], names["net"], config.seed,
-                              options["data_dir"], options["data_options"],
-                              options["net_options"], options["rule_options"])
+        dataset, _, rule = spec.build()
         return StageTrainer(config, run_info, stages, staleness).fit(rule, dataset)
     finally:
         if teardown:

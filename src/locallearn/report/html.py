@@ -31,6 +31,12 @@ MEMORY_TARGET_MIN_DEPTH = 8
 EFFICIENCY_TARGET = 0.6
 
 
+
+def per_block(row: dict) -> list | None:
+    """Per-block test accuracies of a result row (rows written before the rename hold
+    them as ``per_layer_test_accuracy``)."""
+    return row.get("per_block_test_accuracy") or row.get("per_layer_test_accuracy")
+
 def load_runs(root: Path) -> list[dict[str, Any]]:
     """Every run under ``root`` (``summary.json`` plus its epoch metrics)."""
     runs = []
@@ -199,8 +205,7 @@ def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
               "train s",
               "samples/s", "peak memory MiB", "per-layer test accuracy"]]
     for (data, net, rule, config), group in _groups(rows, "train").items():
-        per_layer = [g["per_layer_test_accuracy"] for g in group
-                     if g.get("per_layer_test_accuracy")]
+        per_layer = [per_block(g) for g in group if per_block(g)]
         per = "-"
         if per_layer and len({len(p) for p in per_layer}) == 1:
             per = " ".join(f"{statistics.mean(col):.3f}" for col in zip(*per_layer, strict=True))
@@ -417,11 +422,11 @@ def plots(rows: list[dict[str, Any]]) -> dict[str, str]:
         plt.close(fig)
 
     per_layer = {k: g for k, g in groups.items()
-                 if any(r.get("per_layer_test_accuracy") for r in g)}
+                 if any(per_block(r) for r in g)}
     if per_layer:
         fig, ax = plt.subplots(figsize=(7, 4.2))
         for (data, net, rule, _), group in per_layer.items():
-            accs = [r["per_layer_test_accuracy"] for r in group if r.get("per_layer_test_accuracy")]
+            accs = [per_block(r) for r in group if per_block(r)]
             if len({len(a) for a in accs}) != 1:
                 continue
             mean = [statistics.mean(col) for col in zip(*accs, strict=True)]

@@ -69,8 +69,3 @@ def pre_pool_shape(block: nn.Module) -> tuple[int, ...]:
     if pool is None:
         return tuple(block.out_shape)
     return tuple(pre(torch.zeros(1, *block.in_shape)).shape[1:])
-
-
-def rms_normalize(h: Tensor, eps: float = 1e-6) -> Tensor:
-    """``h`` divided by its per-sample root mean square (parameter-free, forward only)."""
-    return h / h.flatten(1).pow(2).mean(1).add(eps).sqrt().view(-1, *[1] * (h.dim() - 1))

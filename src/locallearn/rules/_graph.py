@@ -21,11 +21,6 @@ from locallearn.networks.network import Network
 from locallearn.rules.base import ParamGroup, Rule
 
 
-def row_normalise(h: Tensor, eps: float = 1e-8) -> Tensor:
-    """Each node's vector divided by its L2 norm (ForwardGNN's LayerNormalization)."""
-    return h / (h.norm(dim=1, keepdim=True) + eps)
-
-
 def add_virtual_nodes(x: Tensor, edge_index: Tensor, link_to: Tensor, features: Tensor,
                       bidirectional: bool = True) -> tuple[Tensor, Tensor]:
     """Append one virtual node per class; node ``i`` gets an edge to virtual node

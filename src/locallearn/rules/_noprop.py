@@ -1,6 +1,6 @@
 """Pieces shared by the NoProp rules (Li, Teh & Pascanu, 2025): noprop-dt, -ct, -fm.
 
-* :class:`LabelEmbedding` is ``W_Embed``: fixed one-hot rows, or learned prototypes.
+* :class:`ClassEmbedding` is ``W_Embed``: fixed one-hot rows, or learned prototypes.
 * :class:`Denoiser` is one NoProp block (the paper's Fig. 6): the input goes
   through its *own* feature extractor (a fresh copy of the network's blocks), the
   noised label embedding ``z`` (and, in continuous time, ``t``) through a small
@@ -39,7 +39,7 @@ from locallearn.rules.base import ParamGroup, Rule
 EMBEDDINGS = ("onehot", "prototype")
 
 
-class LabelEmbedding(nn.Module):
+class ClassEmbedding(nn.Module):
     """``W_Embed`` (classes x dim): one-hot rows (fixed), or learned prototypes.
 
     Prototypes start as random orthonormal rows (unit norm, like one-hot rows)
@@ -186,7 +186,7 @@ class NoPropRule(Rule):
         self.hidden = hidden
         self.inference_noise = bool(inference_noise)
         self.inference_seed = int(inference_seed)
-        self.embedding = LabelEmbedding(task.num_classes, embedding, embed_dim)
+        self.embedding = ClassEmbedding(task.num_classes, embedding, embed_dim)
         # The head of the given network has no role in NoProp (see module docstring).
         if network.head is not None:
             network.head.requires_grad_(False)

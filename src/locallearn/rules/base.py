@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from locallearn.data.base import Task
+from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
@@ -248,7 +248,7 @@ def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
     """
     if scores.dim() > 2:
         scores, y = scores.reshape(-1, scores.shape[-1]), y.reshape(-1)
-    return torch.nn.functional.cross_entropy(scores, y, ignore_index=-100)
+    return torch.nn.functional.cross_entropy(scores, y, ignore_index=IGNORE_INDEX)
 
 
 class BlockwiseRule(Rule):

@@ -16,7 +16,7 @@ Algorithm (per mini-batch; blocks k = 0..L-1, then the head):
                                                      #   activity with each class's signal
                L_k = mse(C_k, onehot(y))             # updates f_k AND g_{k+1}, nothing else
     head:      cross_entropy(head(r(h_{L-1})), y)    # input detached
-Prediction: the forward network (head). ``per_layer_test_accuracy`` reports
+Prediction: the forward network (head). ``per_block_test_accuracy`` reports
 ``argmax_c C_k`` per block.
 
 Feedback layers mirror the forward ones: linear + activation for mlp blocks and
@@ -53,8 +53,8 @@ from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
+from locallearn.rules._handoff import RMSHandOffRule
 from locallearn.rules.base import StagePlan, Staging
-from locallearn.rules.lls import RMSHandOffRule
 
 
 class FeedbackLayer(nn.Module):

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from locallearn.data.base import Task
+from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.measure.diagnostics import angle, forward_path, gradient_alignment
 from locallearn.networks.network import Network
@@ -92,7 +92,7 @@ class DFA(ErrorBroadcastRule):
         """e = softmax(s) - onehot(y); zero for rows without a target."""
         flat = scores.flatten(0, -2)  # sequences: (batch * length, classes)
         e = torch.softmax(flat, dim=-1) - one_hot(y.flatten(), self.task.num_classes)
-        e[y.flatten() == -100] = 0.0
+        e[y.flatten() == IGNORE_INDEX] = 0.0
         return e.view_as(scores)
 
     def signal_loss(self, k: int, h_k: Tensor, e: Tensor, y: Tensor) -> Tensor:

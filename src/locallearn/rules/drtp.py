@@ -58,10 +58,10 @@ from locallearn.rules._feedback import (
     pre_pool_shape,
     project,
     random_matrix,
-    rms_normalize,
     split_pool,
     surrogate,
 )
+from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging, cross_entropy
 
 
@@ -85,11 +85,8 @@ class DRTP(BlockwiseRule):
                  pre_pool: bool = True, normalize: bool = True,
                  conv_signal: str = "max", head_lr: float | None = None) -> None:
         super().__init__(network, task)
-        self.squash = squash
-        self.normalize = normalize
-        self.pre_pool = pre_pool
-        self.conv_signal = conv_signal
-        self.head_lr = head_lr
+        self.squash, self.normalize, self.pre_pool = squash, normalize, pre_pool
+        self.conv_signal, self.head_lr = conv_signal, head_lr
         self.signal_shapes = [pre_pool_shape(b) if pre_pool else tuple(b.out_shape)
                               for b in network.blocks]
         if conv_signal != "map":  # one entry per channel of a conv map
@@ -116,7 +113,7 @@ class DRTP(BlockwiseRule):
         """What the next block and the head read: the activity, RMS-normalised per
         sample if ``normalize``."""
         h = self.activity(h.detach())
-        return rms_normalize(h) if self.normalize else h
+        return rms_normalise(h) if self.normalize else h
 
     def block_input(self, k: int, h: Tensor) -> Tensor:
         return self.passed(h) if k > 0 else h.detach()

@@ -25,6 +25,7 @@ from locallearn.data.base import Task
 from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
+from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import BlockwiseRule, StagePlan, Staging, cross_entropy, overrides
 
 GOODNESS = ("mean", "sum")
@@ -41,13 +42,6 @@ def goodness(h: Tensor, kind: str = "mean") -> Tensor:
 
 
 NORM_EPS = 1e-8
-
-
-def normalise(h: Tensor, eps: float = NORM_EPS) -> Tensor:
-    """Divide each sample by its root mean square: only the direction passes on."""
-    flat = h.flatten(1)
-    rms = flat.square().mean(1, keepdim=True).add(eps).sqrt()
-    return (flat / rms).view_as(h)
 
 
 def wrong_labels(y: Tensor, num_classes: int, scores: Tensor | None = None) -> Tensor:
@@ -191,7 +185,7 @@ class GoodnessRule(BlockwiseRule):
         return torch.cat([self.embed(x, y), self.embed(x, y_neg)])
 
     def block_input(self, k: int, h: Tensor) -> Tensor:
-        return normalise(h.detach())
+        return rms_normalise(h.detach(), NORM_EPS)
 
     def layer_goodness(self, k: int, out: Tensor) -> Tensor:
         return goodness(out, self.goodness_kind)
@@ -302,7 +296,7 @@ class GoodnessRule(BlockwiseRule):
     # -- inference -----------------------------------------------------------
     def normalised_features(self, x: Tensor) -> list[Tensor]:
         """Normalised activity of every layer for the neutral label."""
-        return [normalise(h) for h in self.features(x)]
+        return [rms_normalise(h, NORM_EPS) for h in self.features(x)]
 
     def readout(self, acts: list[Tensor]) -> Tensor:
         scores = None
@@ -361,7 +355,7 @@ class GoodnessRule(BlockwiseRule):
             return None
         linear, n, c = mods[i], x.shape[0], self.task.num_classes
         xe = self.embed(x, torch.zeros(n, dtype=torch.long, device=x.device)).flatten(1)
-        r = xe.square().mean(1, keepdim=True).add(1e-8).sqrt()  # as in normalise()
+        r = xe.square().mean(1, keepdim=True).add(NORM_EPS).sqrt()  # as in rms_normalise
         base = linear(xe / r)                                    # (n, out), label 0
         first = self.embed.label_column(0, linear.in_features)
         w = linear.weight[:, first:first + c]                    # (out, c)

@@ -49,10 +49,10 @@ from locallearn.rules._graph import (
     add_virtual_nodes,
     ff_loss,
     pair_products,
-    row_normalise,
     two_class,
     wrong_classes,
 )
+from locallearn.rules._norm import l2_normalise_rows
 
 
 def sum_goodness(z: Tensor) -> Tensor:
@@ -108,7 +108,7 @@ class GraphFFLabel(GraphFF):
         for h in views:
             layer_outs = []
             for block in self.network.blocks:
-                h = block(row_normalise(h.detach()))
+                h = block(l2_normalise_rows(h.detach()))
                 layer_outs.append(h)
             outs.append(layer_outs)
         return outs
@@ -174,7 +174,7 @@ class GraphFFVirtualNodes(GraphFF):
             layer = []
             for g, edge_index in enumerate(edges):
                 self.bind(x, edge_index)
-                layer.append(block(row_normalise(inputs[g].detach())))
+                layer.append(block(l2_normalise_rows(inputs[g].detach())))
             outs.append(layer)
             inputs = [layer[0]] * len(edges) if shared else layer
         return outs
@@ -218,7 +218,7 @@ class GraphFFLink(GraphFF):
         self.bind(batch.x, batch.edge_index, batch.edge_label_index)
         h, outs = batch.x, []
         for block in self.network.blocks:
-            h = block(row_normalise(h.detach()))
+            h = block(l2_normalise_rows(h.detach()))
             outs.append(h)
         return outs
 

@@ -20,7 +20,7 @@ Algorithm (per mini-batch, every block at once):
     update f_k (and m_k / M_k) with dL_k only
     head:     cross_entropy(head(r(h_L)), y)  # h_L detached: the output layer's own loss
 
-Prediction: the network head. ``per_layer_test_accuracy`` reports each block's
+Prediction: the network head. ``per_block_test_accuracy`` reports each block's
 ``argmax s_k`` (with its modulation).
 
 Deviations from the paper: class frequencies ``w_c`` are spaced evenly in
@@ -49,7 +49,8 @@ from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules.base import BlockwiseRule, cross_entropy
+from locallearn.rules._handoff import RMSHandOffRule
+from locallearn.rules.base import cross_entropy
 
 VARIANTS = ("lls", "m", "mxm")
 WAVEFORMS = ("cosine", "square")
@@ -67,31 +68,6 @@ def periodic_basis(classes: int, dim: int, waveform: str = "cosine") -> Tensor:
     w = math.pi * torch.arange(1, classes + 1, dtype=torch.float64) / (classes + 1)
     basis = torch.cos(w[:, None] * torch.arange(dim, dtype=torch.float64)[None, :]).float()
     return torch.sign(basis) if waveform == "square" else basis
-
-
-def rms_normalise(h: Tensor, eps: float = 1e-6) -> Tensor:
-    """Each sample's tensor divided by its root-mean-square value."""
-    return h / (h.flatten(1).pow(2).mean(1).sqrt().view(-1, *[1] * (h.dim() - 1)) + eps)
-
-
-class RMSHandOffRule(BlockwiseRule):
-    """A block-wise rule whose blocks hand on their output divided by its per-sample RMS
-    (when ``rms_norm``): the next block, the head and prediction all read that. For
-    losses that ignore activity scale (lls, ccl), so the scale would otherwise drift."""
-
-    rms_norm: bool = True
-
-    def passed_on(self, h: Tensor) -> Tensor:
-        return rms_normalise(h) if self.rms_norm else h
-
-    def block_input(self, k: int, h: Tensor) -> Tensor:
-        return self.passed_on(h.detach()) if k > 0 else h.detach()
-
-    def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
-        return cross_entropy(self.network.head(self.passed_on(h.detach())), y)
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.network.head(self.passed_on(self.features(x)[-1]))
 
 
 class Modulation(nn.Module):

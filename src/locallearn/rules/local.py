@@ -33,7 +33,7 @@ instead of their SGD/Adam schedules; no dropout, no batch norm; the pred loss of
 conv blocks uses the network's flatten + linear readout rather than Nøkland &
 Eidnes' average pooling to <= 2048 features; prediction comes from the network
 head (trained on the detached last block), and each block's auxiliary scores go
-to ``per_layer_test_accuracy``. Link prediction accepts ``loss="pred"`` only
+to ``per_block_test_accuracy``. Link prediction accepts ``loss="pred"`` only
 (its targets label node pairs, not nodes).
 """
 

@@ -30,7 +30,7 @@ network's head is frozen and unused. Options: ``steps`` (T, 10), ``inference_ste
 to the next level kept, with the posterior between the two levels), ``embedding``
 (``onehot`` or ``prototype``), ``embed_dim``, ``hidden`` (256: width of the label path
 and the fusion layer), ``eta`` (0.1), ``inference_noise`` (False; True adds eq. 3's
-noise term). ``per_layer_test_accuracy``: each step's block's own class guess
+noise term). ``per_block_test_accuracy``: each step's block's own class guess
 (argmax of its logits), then the classifier on z_T.
 
 Deviations from the paper:

@@ -27,7 +27,7 @@ Deviations from the paper:
   collapsing all prototypes onto each other. No gradient reaches them through the
   network's input z_t.
 * No classifier: the prediction is the nearest embedding to z_1.
-* Per-step readouts (``per_layer_test_accuracy``): the nearest embedding to the end
+* Per-step readouts (``per_block_test_accuracy``): the nearest embedding to the end
   point û of each step, then to z_1.
 * Architecture as in noprop-ct (the network from ``--net`` embeds x; two FC layers
   embed [z, sin/cos features of t]; two FC layers fuse them).

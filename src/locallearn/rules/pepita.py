@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from locallearn.data.base import Task
+from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.errors import UserError
 from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Block, Network
@@ -67,9 +67,9 @@ from locallearn.rules._feedback import (
     one_hot,
     project,
     random_matrix,
-    rms_normalize,
     surrogate,
 )
+from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import ParamGroup, Rule
 
 
@@ -108,7 +108,7 @@ class PEPITA(Rule):
     def passed(self, h: Tensor) -> Tensor:
         """What the next block (and the head) reads: block output, RMS-normalised per
         sample if ``normalize``."""
-        return rms_normalize(h) if self.normalize else h
+        return rms_normalise(h) if self.normalize else h
 
     def forward_features(self, x: Tensor) -> list[Tensor]:
         """Every block's (unnormalised) output in a plain forward pass."""
@@ -135,7 +135,7 @@ class PEPITA(Rule):
             clean = self.forward_features(x)
             scores = self.network.head(self.passed(clean[-1]))
             e = torch.softmax(scores, -1) - one_hot(y, self.task.num_classes)
-            e[y == -100] = 0.0
+            e[y == IGNORE_INDEX] = 0.0
         # Modulated pass: the error, projected by F, is added to the input.
         h = x + project(e, self.feedback, self.task.input_shape)
         out = []

@@ -56,9 +56,9 @@ from locallearn.rules import RULES
 from locallearn.rules._graph import (
     GraphForwardRule,
     add_virtual_nodes,
-    row_normalise,
     two_class,
 )
+from locallearn.rules._norm import l2_normalise_rows
 from locallearn.rules.base import cross_entropy
 
 
@@ -96,7 +96,7 @@ class SingleForward(GraphForwardRule):
         h, n = self.graph_inputs(batch)
         outs = []
         for block in self.network.blocks:
-            h = block(row_normalise(h.detach()))
+            h = block(l2_normalise_rows(h.detach()))
             outs.append(h)
         return outs, n
 
@@ -166,10 +166,10 @@ class StatefulSingleForward(SingleForward):
 class SingleForwardTopLoss(StatefulSingleForward):
 
     def fresh_states(self, h: Tensor) -> list[Tensor]:
-        states = [row_normalise(h)]
+        states = [l2_normalise_rows(h)]
         for block in self.network.blocks:
             h = block(h)
-            states.append(row_normalise(h).detach())
+            states.append(l2_normalise_rows(h).detach())
         return states
 
     def mixed(self, k: int, z: Tensor, states: list[Tensor]) -> Tensor:
@@ -180,13 +180,13 @@ class SingleForwardTopLoss(StatefulSingleForward):
     def losses(self, x: Any, y: Tensor) -> list[Tensor]:
         h, n = self.graph_inputs(x)
         states = self.states_for(h)
-        losses, new_states = [], [row_normalise(h)]
+        losses, new_states = [], [l2_normalise_rows(h)]
         for k, block in enumerate(self.network.blocks):
             z = block(states[k].detach())
             losses.append(self.layer_loss(self.mixed(k, z, states), n, y))
             # Normalise the detached output: building (and never using) a graph here would
             # keep it alive under saved-tensor hooks (the memory meter), a leak.
-            new_states.append(row_normalise(z.detach()))
+            new_states.append(l2_normalise_rows(z.detach()))
         self._states = new_states
         return losses
 
@@ -245,9 +245,9 @@ class SingleForwardTopInput(StatefulSingleForward):
         return top_state
 
     def layer_input(self, k: int, below: Tensor, above: Tensor | None) -> Tensor:
-        parts = [row_normalise(below)]
+        parts = [l2_normalise_rows(below)]
         if self.top_widths[k]:
-            parts.append(row_normalise(above) if above is not None
+            parts.append(l2_normalise_rows(above) if above is not None
                          else below.new_zeros(below.shape[0], self.top_widths[k]))
         return torch.cat(parts, dim=1).detach()
 

@@ -40,12 +40,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from locallearn.data.base import Task
+from locallearn.data.base import IGNORE_INDEX, Task
 from locallearn.measure.diagnostics import gradient_alignment
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules._feedback import one_hot, project, random_matrix, rms_normalize
+from locallearn.rules._feedback import one_hot, project, random_matrix
+from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import BlockwiseRule, cross_entropy
 
 
@@ -105,14 +106,14 @@ class TPSGD(BlockwiseRule):
         return any(isinstance(m, torch.nn.ReLU) for m in modules)
 
     def block_loss(self, k: int, out: Tensor, y: Tensor) -> Tensor:
-        valid = y != -100
+        valid = y != IGNORE_INDEX
         if self.conv_target == "max" and out.dim() > 2:
             out = out.flatten(2).amax(2)  # each channel's strongest response
         return self.loss_fn(out[valid], self.target(k, y)[valid].detach())
 
     def block_input(self, k: int, h: Tensor) -> Tensor:
         h = h.detach()
-        return rms_normalize(h) if self.normalize and k > 0 else h
+        return rms_normalise(h) if self.normalize and k > 0 else h
 
     def head_loss(self, h: Tensor, y: Tensor) -> Tensor:
         return cross_entropy(self.network.head(self.block_input(1, h)), y)

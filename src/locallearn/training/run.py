@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from locallearn.data import load_dataset
 from locallearn.errors import UserError
-from locallearn.networks import create_network
-from locallearn.rules import RULES, Rule, create_rule
+from locallearn.rules import RULES, Rule
+from locallearn.training.spec import (  # noqa: F401 (check_names: imported from here)
+    RunSpec,
+    check_names,
+    check_network_size,
+    memory_available,
+)
 from locallearn.training.trainer import TrainConfig, Trainer
 
 TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
@@ -26,69 +27,13 @@ class TrainResult:
     dataset: Any
 
 
-def check_names(rule: Any, data: Any, net: Any, data_dir: Any = None, **options: Any) -> None:
-    """The run's names and option mappings have the right types (from any source: flags,
-    config files, ``--set``, a run folder's config.json)."""
-    for key, value in (("rule", rule), ("data", data), ("net", net)):
-        if not isinstance(value, str) or not value.strip():
-            raise UserError(f"setting {key!r} must be a name like "
-                            f"{ {'rule': 'backprop', 'data': 'digits', 'net': 'mlp:64'}[key]!r}, "
-                            f"got {value!r}")
-    if data_dir is not None and not isinstance(data_dir, str | Path):
-        raise UserError(f"setting 'data_dir' must be a path, got {data_dir!r}")
-    for key, value in options.items():
-        if value is not None and not isinstance(value, dict):
-            raise UserError(f"setting {key!r} must be a mapping of options, got {value!r}")
-
-
 def build(rule: str, data: str, net: str, seed: int = 0, data_dir: str | None = None,
           data_options: dict | None = None, net_options: dict | None = None,
           rule_options: dict | None = None):
-    """Dataset, network and rule, seeded so the same seed gives the same start."""
-    check_names(rule, data, net, data_dir, data_options=data_options, net_options=net_options,
-                rule_options=rule_options)
-    dataset = load_dataset(data, seed=seed, data_dir=data_dir, **(data_options or {}))
-    RULES.get(rule)  # fail on an unknown rule before any work
-    torch.manual_seed(seed)
-    # A dataset may suggest network options (graph data: the GNN head for node or link task).
-    net_options = {**getattr(dataset, "network_options", {}), **(net_options or {})}
-    check_network_size(net, dataset.task.input_shape, dataset.task.num_classes, net_options)
-    network = create_network(net, dataset.task.input_shape, dataset.task.num_classes,
-                             **net_options)
-    learner = create_rule(rule, network, dataset.task, **(rule_options or {}))
+    """Dataset and rule (on its network) of :class:`RunSpec` ``(rule, data, net, ...)``."""
+    dataset, _, learner = RunSpec(rule, data, net, seed, data_dir, rule_options, data_options,
+                                  net_options).build()
     return dataset, learner
-
-
-def memory_available() -> int | None:
-    """Bytes of memory the kernel says are available (Linux), else None."""
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_network_size(net: str, input_shape, num_classes: int, net_options: dict) -> None:
-    """Refuse a network too large for memory in one line, before allocating it: the spec
-    is built on the meta device (shapes only, no storage) and its parameters counted.
-    Training holds about four copies (weights, gradients, two Adam moments)."""
-    try:
-        with torch.device("meta"):
-            probe = create_network(net, input_shape, num_classes, **net_options)
-        n_bytes = sum(p.numel() * p.element_size() for p in probe.parameters())
-        n_params = sum(p.numel() for p in probe.parameters())
-    except UserError:
-        raise
-    except Exception:  # a layer that cannot be built on meta: no estimate, build for real
-        return
-    available = memory_available()
-    if available is not None and 4 * n_bytes > available:
-        raise UserError(f"network {net!r} has {n_params:,} parameters ({n_bytes / 2**30:.1f} "
-                        f"GiB; training needs about {4 * n_bytes / 2**30:.1f} GiB) but "
-                        f"{available / 2**30:.1f} GiB of memory is available; use a smaller "
-                        f"--net")
 
 
 def make_config(rule: str, **train_options: Any) -> TrainConfig:
@@ -155,9 +100,9 @@ def coerce_setting(key: str, value: Any) -> Any:
 
 def run_info_for(rule: str, data: str, net: str, data_dir, rule_options, data_options,
                  net_options) -> dict[str, Any]:
-    return {"rule": rule, "data": data, "net": net, "rule_options": rule_options or {},
-            "data_options": data_options or {}, "net_options": net_options or {},
-            "data_dir": str(data_dir) if data_dir else None}
+    """The run description config.json records (:meth:`RunSpec.info`)."""
+    return RunSpec(rule, data, net, 0, data_dir, rule_options, data_options,
+                   net_options).info()
 
 
 def train(rule: str = "backprop", data: Any = "mnist5k", net: Any = "mlp:500,500",

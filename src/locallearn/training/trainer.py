@@ -416,6 +416,8 @@ class Trainer:
             "selected_on": f"val_{best.get('metric', 'accuracy')}",
             **({f"best_val_{best['metric']}": best["value"]}
                if best.get("metric", "accuracy") != "accuracy" else {}),
+            "per_block_test_accuracy": test["per_block_accuracy"],
+            # Old name of per_block_test_accuracy, kept for one release (deprecated).
             "per_layer_test_accuracy": test["per_block_accuracy"],
             **{f"test_{k}": v for k, v in test.items()
                if k not in ("accuracy", "per_block_accuracy")},
