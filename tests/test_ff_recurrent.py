@@ -30,7 +30,12 @@ def test_state_reads_layer_below_and_above_at_previous_step(digits):
     assert len(history) == 2
     # Step 2, layer 0 = f(W_0 x + V_0 norm(layer 1 at step 1)); layer 1 = f(W_1 norm(layer 0
     # at step 1) + V_1 label).
-    from locallearn.rules.ff_common import normalise
+    from locallearn.rules._norm import rms_normalise
+    from locallearn.rules.ff_common import NORM_EPS
+
+    def normalise(h):
+        return rms_normalise(h, NORM_EPS)
+
     s1 = history[0]
     lin0, lin1 = rule.linears
     want0 = torch.relu(lin0(x.flatten(1)) + rule.top_down[0](normalise(s1[1])))

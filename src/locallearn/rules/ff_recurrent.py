@@ -61,8 +61,9 @@ from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
+from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import ParamGroup, Rule
-from locallearn.rules.ff_common import ELEMENTWISE, goodness, normalise, wrong_labels
+from locallearn.rules.ff_common import ELEMENTWISE, NORM_EPS, goodness, wrong_labels
 
 
 def split_mlp_block(block: nn.Module) -> tuple[nn.Linear, nn.Sequential] | None:
@@ -81,7 +82,6 @@ def split_mlp_block(block: nn.Module) -> tuple[nn.Linear, nn.Sequential] | None:
 @RULES.register("ff-recurrent",
                 help="Recurrent Forward-Forward: layers read the layer below and above at t-1")
 class RecurrentForwardForward(Rule):
-    name = "ff-recurrent"
     defaults = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
     supports_kinds = ("image", "signal", "vector")
     rows_per_example = 2  # positive then negative data
@@ -136,15 +136,15 @@ class RecurrentForwardForward(Rule):
         states, h = [], inp
         with torch.no_grad():
             for lin, act in zip(self.linears, self.activations, strict=True):
-                h = act(lin(h if h is inp else normalise(h)))
+                h = act(lin(h if h is inp else rms_normalise(h, NORM_EPS)))
                 states.append(h)
         history = []
         for _ in range(self.steps):
             prev = [s.detach() for s in states]  # nothing flows back in time
             states = []
             for k, (lin, act) in enumerate(zip(self.linears, self.activations, strict=True)):
-                below = inp if k == 0 else normalise(prev[k - 1])
-                upper = top if k == len(prev) - 1 else normalise(prev[k + 1])
+                below = inp if k == 0 else rms_normalise(prev[k - 1], NORM_EPS)
+                upper = top if k == len(prev) - 1 else rms_normalise(prev[k + 1], NORM_EPS)
                 new = act(lin(below) + self.top_down[k](upper))
                 states.append(self.damping * prev[k] + (1 - self.damping) * new)
             history.append(states)
