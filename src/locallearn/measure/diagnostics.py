@@ -103,7 +103,7 @@ def _units_dim(h: Tensor) -> Tensor:
 @torch.no_grad()
 def activity(rule: Any, x: Tensor) -> dict[str, list[float]]:
     """Per block: fraction of zero activations and fraction of units never active."""
-    features = getattr(rule, "features", None) or rule.network.features
+    features = rule.features
     sparsity, dead = [], []
     for h in features(x):
         if not isinstance(h, Tensor) or not h.is_floating_point():

@@ -194,6 +194,11 @@ class Rule(nn.Module):
         """Class scores from each block's own readout, or None if the rule has none."""
         return None
 
+    def features(self, x: Tensor) -> list[Tensor]:
+        """Every block's output at inference (default: the network's plain forward pass;
+        a rule that transforms what a block reads overrides it)."""
+        return self.network.features(x)
+
     def predict_with_blocks(self, x: Tensor) -> tuple[Tensor, list[Tensor] | None]:
         """``(predict(x), block_scores(x))`` of one batch. Rules whose two answers share
         work (FF's per-label passes, NoProp's trajectory) override this to compute it
