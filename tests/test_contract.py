@@ -172,3 +172,15 @@ def test_rules_that_would_compute_other_losses_in_stages_declare_none(name, opti
     assert not rule.stageable
     with pytest.raises(UserError, match=re.escape(rule.staging.reason)):
         check_stageable(rule)
+
+
+def test_list_options_prints_every_rule_with_typed_defaults(capsys):
+    assert main(["list", "--options"]) == 0
+    out = capsys.readouterr().out
+    for name in RULES.names():
+        assert f"  {name} " in out, name
+        for o in declared_options(RULES.get(name)):
+            assert any(line.startswith(f"    {o.name} ") and o.type_name() in line
+                       and "default " in line for line in out.splitlines()), o.name
+    assert "options: val_fraction=0.1" in out  # dataset builders' keywords too
+    assert main(["list", "rules", "no-such-rule"]) == 2

@@ -1,7 +1,8 @@
 """``locallearn list``: registered rules, datasets and networks, and rules' options.
 
 ``locallearn list --options`` adds every rule's declared options (name, type,
-default, allowed values, help); ``locallearn list rules NAME`` shows one rule's.
+default, allowed values, help) and the keyword options of each network and dataset
+builder; ``locallearn list rules NAME`` shows one rule's.
 """
 
 from __future__ import annotations
@@ -47,7 +48,22 @@ class List:
                     options = declared_options(registry.get(name))
                     print("\n".join(format_options(options)) if options
                           else "    (no options)")
+                elif args.options:
+                    keywords = builder_keywords(registry.get(name))
+                    if keywords:
+                        print(f"    options: {keywords}")
         return 0
+
+
+def builder_keywords(builder) -> str:
+    """A network or dataset builder's keyword options with their defaults (from its
+    signature: ``--set data.X=...`` / ``--set net.X=...``)."""
+    import inspect
+
+    skip = ("argument", "input_shape", "num_classes", "seed", "data_dir")
+    return ", ".join(f"{p.name}={p.default!r}"
+                     for p in inspect.signature(builder).parameters.values()
+                     if p.name not in skip and p.default is not p.empty)
 
 
 COMMANDS.register("list", help=List.__doc__)(List)
