@@ -31,6 +31,33 @@ def test_label_embedding_images_overwrite_first_pixels_vectors_append(digits):
     assert vnet(v).shape == (2, 3)  # the first layer was widened to take the label
 
 
+@pytest.mark.parametrize("net", ["mlp:8", "cnn:4"])
+def test_label_is_appended_to_signals_not_written_over_them(net):
+    """A signal's leading entries carry data: the label goes beside them (positions for
+    an mlp, channels for a cnn), and every input entry reaches block 0 unchanged."""
+    from locallearn.data.base import Task
+
+    task = Task(num_classes=3, input_shape=(1, 12), kind="signal")
+    torch.manual_seed(0)
+    network = create_network(net, task.input_shape, 3)
+    rule = create_rule("ff", network, task)
+    x = torch.randn(4, 1, 12)
+    out = rule.embed(x, torch.tensor([0, 2, 1, 2]))
+    if net.startswith("mlp"):
+        assert rule.embed.mode == "append" and out.shape == (4, 15)
+        assert torch.equal(out[:, :12], x.flatten(1)) and out[1, 14] == rule.embed.scale
+    else:
+        assert rule.embed.mode == "channel" and out.shape == (4, 4, 12)
+        assert torch.equal(out[:, :1], x) and (out[1, 3] == rule.embed.scale).all()
+        assert (out[1, 1:3] == 0).all()
+    rule.losses(x, torch.tensor([0, 2, 1, 2]))  # block 0 takes the widened input
+    assert rule.predict(x).shape == (4, 3)
+    fast = rule.label_goodness(x)
+    rule._first_layer_all_labels = lambda x: None
+    for a, b in zip(fast, rule.label_goodness(x), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_goodness_normalise_and_negatives():
     h = torch.tensor([[1.0, -1.0, 2.0, 0.0]])
     assert goodness(h, "mean").item() == pytest.approx(1.5)

@@ -71,3 +71,20 @@ def test_best_epoch_restored_in_memory_with_the_rules_extra_state(digits):
     rule.best_block = seen[best - 1] if best > 0 else len(rule.network.blocks) - 1
     again = evaluate(rule, digits.loader("val", 1024), torch.device("cpu"))["accuracy"]
     assert again == pytest.approx(summary["best_val_accuracy"])
+
+
+def test_ff_early_exit_full_depth_is_the_rules_own_predictor(digits):
+    """The early-exit sweep at full depth answers as rule.predict, honouring used_layers."""
+    from locallearn.anytime.exits import Anytime, block_table, sweep
+
+    torch.manual_seed(0)
+    rule = create_rule("ff", create_network("mlp:32,32,32", digits.input_shape, 10),
+                       digits.task, predict="goodness", skip_first=True)
+    assert rule.used_layers == [1, 2]
+    Trainer(TrainConfig(epochs=2, lr=1e-2, quiet=True, checkpoint=False,
+                        measure_memory=False, early_exit=False)).fit(rule, digits)
+    anytime = Anytime(rule, probe=digits.test.x[:8])
+    assert anytime.mode == "goodness"
+    full = sweep(*block_table(anytime, digits.loader("test", 1024)))[-1]
+    own = evaluate(rule, digits.loader("test", 1024), torch.device("cpu"))["accuracy"]
+    assert full["mean_blocks"] == 3 and full["accuracy"] == pytest.approx(own)

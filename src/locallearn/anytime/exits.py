@@ -12,7 +12,9 @@ is confident enough::
 
 Confidence is the largest softmax probability of the readout's class scores. For the
 Forward-Forward family, block k's score for each candidate label is its goodness
-averaged over blocks 0..k (Hinton's accumulated-goodness prediction cut at block k;
+averaged over the rule's used blocks up to k (``used_layers``; Hinton's
+accumulated-goodness prediction cut at block k, so full depth is the rule's own goodness
+predictor;
 ``block_scores`` gives each layer's own goodness instead), and confidence is the
 goodness margin in probability units, ``sigmoid(G_best - theta) - sigmoid(G_second -
 theta)``. Both lie in [0, 1], so a
@@ -60,6 +62,7 @@ class Anytime:
         self.rule = rule
         self.num_blocks = len(rule.network.blocks)
         self.readout_modules: list[nn.Module] | None = None
+        self._used = set(getattr(rule, "used_layers", range(self.num_blocks)))
         own = rule.cut_readout  # set on pruned models (see prune.py)
         if own is not None:
             self.mode, self.readout_modules = own.mode, own.readout_modules
@@ -115,7 +118,8 @@ class Anytime:
             n, c = x.shape[0], rule.task.num_classes
             labels = torch.arange(c, device=x.device).repeat_interleave(n)
             h = rule.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)
-            return h, h.new_zeros(h.shape[0])  # rows, goodness summed over blocks so far
+            # rows, goodness summed over the used blocks so far, the last block's goodness
+            return h, h.new_zeros(h.shape[0]), h.new_zeros(h.shape[0])
         if self.mode in ("readout", "block-readout"):
             return rule.prepare(x, None)
         if self.mode == "features":
@@ -131,9 +135,10 @@ class Anytime:
         if self.mode == "full":
             return state
         if self.mode == "goodness":
-            h, total = state
+            h, total, _ = state
             h = self.rule.network.blocks[k](self.rule.block_input(k, h))
-            return h, total + self.rule.layer_goodness(k, h)
+            g = self.rule.layer_goodness(k, h)
+            return h, total + g if k in self._used else total, g
         if self.mode == "features":  # a plain forward pass, as Network.features runs it
             return self.rule.network.blocks[k](state)
         return self.rule.network.blocks[k](self.rule.block_input(k, state))
@@ -141,10 +146,14 @@ class Anytime:
     def scores(self, k: int, state: Any) -> Tensor:
         """Block k's class scores (batch, classes) from the state after block k."""
         if self.mode == "goodness":
-            # Mean goodness over blocks 0..k: FF's own prediction rule cut at block k,
-            # on the scale of one layer's goodness so the threshold theta still applies.
+            # Mean goodness over the rule's used blocks up to k (``used_layers``: FF skips
+            # block 0 when it has more): its own prediction rule cut at block k, so full
+            # depth is the rule's predictor, on the scale of one layer's goodness so the
+            # threshold theta still applies. Before the first used block: that block's own.
             c = self.rule.task.num_classes
-            return (state[1] / (k + 1)).view(c, -1).t()
+            n_used = sum(1 for j in self._used if j <= k)
+            mean = state[1] / n_used if n_used else state[2]
+            return mean.view(c, -1).t()
         if self.mode == "readout":
             return self.readout_modules[k](state)
         if self.mode == "block-readout":
@@ -173,9 +182,10 @@ class Anytime:
         """The state of the samples where ``keep`` (bool, per sample) is True."""
         if self.mode == "goodness":
             c = self.rule.task.num_classes
-            h, total = state
+            h, total, last = state
             rows = h.view(c, -1, *h.shape[1:])[:, keep].reshape(-1, *h.shape[1:])
-            return rows, total.view(c, -1)[:, keep].reshape(-1)
+            return (rows, total.view(c, -1)[:, keep].reshape(-1),
+                    last.view(c, -1)[:, keep].reshape(-1))
         if self.mode in ("readout", "block-readout", "features"):
             return state[keep]
         return [s[keep] for s in state]

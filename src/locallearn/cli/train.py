@@ -208,7 +208,9 @@ class Train:
         line = (f"{s['rule']} on {s['data']} ({s['net']}): test accuracy {s['test_accuracy']:.4f} "
                 f"after {s['epochs']} epochs, {s['train_seconds']:.1f} s training, "
                 f"{s['samples_per_second'] or 0:.0f} samples/s, "
-                f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB ({s['device']})")
+                + (f"peak memory {s['peak_memory_bytes'] / 2**20:.1f} MiB "
+                   if s.get("peak_memory_bytes") is not None else "memory not measured ")
+                + f"({s['device']})")
         print(line)
         if s.get("test_auc") is not None:
             print(f"link prediction: test AUC {s['test_auc']:.4f}")

@@ -13,7 +13,7 @@ Prediction: by default the goodness summed over all layers for every candidate l
 (one pass per label), exactly the quantity every layer was trained to make large for
 the true label; ``predict="readout"`` gives ``ff``'s one-pass linear readout, which
 fits CFF less well (a layer's own activity no longer has to separate the classes
-alone: 0.92 vs 0.94 on mnist5k mlp:500,500 in one run).
+alone).
 
 Why: under FF each layer learns to separate positive from negative data on its own,
 so a layer keeps working on samples that the layers below already got right. With

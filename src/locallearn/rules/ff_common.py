@@ -1,7 +1,8 @@
 """Pieces shared by the Forward-Forward family (ff, cff, symba).
 
 * :class:`LabelEmbedding` writes a label into the input: one-hot over the first
-  entries of images and signals (Hinton's "first 10 pixels"), appended to vectors.
+  entries of images (Hinton's "first 10 pixels", background on MNIST), appended to
+  vectors and signals (extra positions for an mlp, extra channels for a cnn).
 * :func:`goodness` is the mean (or sum) of squared activities of one layer.
 * :func:`normalise` divides each sample's activity by its root mean square, so the
   next layer sees only its direction (Hinton's length normalisation, scaled by
@@ -56,10 +57,13 @@ def wrong_labels(y: Tensor, num_classes: int, scores: Tensor | None = None) -> T
 class LabelEmbedding(nn.Module):
     """Writes class labels into inputs.
 
-    Images (C,H,W) and signals (C,L): the first ``num_classes`` entries of the
-    flattened input become a one-hot vector times ``scale`` (Hinton's MNIST recipe;
-    MNIST's first pixels are always background). Vectors: the one-hot is appended,
-    so the first ``nn.Linear`` of block 0 is widened by ``num_classes`` inputs.
+    Images (C,H,W): the first ``num_classes`` entries of the flattened input become a
+    one-hot vector times ``scale`` (Hinton's MNIST recipe; MNIST's first pixels are
+    always background, as are digits' top-left ones). Vectors and signals, whose
+    leading entries carry data (on mnist1d, blanking them cost backprop 0.90 -> 0.73),
+    get the one-hot *appended*: as ``num_classes`` more inputs of block 0's first
+    ``nn.Linear`` (mode ``"append"``), or, when block 0 starts with a convolution, as
+    ``num_classes`` more input channels, constant along the signal (mode ``"channel"``).
     ``None`` as label gives the neutral label (every entry ``scale / num_classes``),
     used for the one-pass readout.
     """
@@ -68,12 +72,17 @@ class LabelEmbedding(nn.Module):
         super().__init__()
         self.num_classes = task.num_classes
         self.scale = scale
-        self.append = task.kind == "vector"
+        self.mode = "overwrite"
+        if task.kind in ("vector", "signal"):
+            self.mode = "channel" if first_layer_is_conv(network) else "append"
+        self.append = self.mode == "append"
         size = 1
         for d in task.input_shape:
             size *= d
-        if self.append:
+        if self.mode == "append":
             widen_first_linear(network, task.num_classes)
+        elif self.mode == "channel":
+            widen_first_conv(network, task.num_classes)
         elif size < task.num_classes:
             raise UserError(f"inputs of {size} values cannot hold a one-hot label over "
                             f"{task.num_classes} classes; use an input with more values")
@@ -88,11 +97,43 @@ class LabelEmbedding(nn.Module):
             code = x.new_full((n, c), self.scale / c)
         else:
             code = F.one_hot(y, c).to(x.dtype) * self.scale
-        if self.append:
+        if self.mode == "append":
             return torch.cat([x.flatten(1), code], 1)
+        if self.mode == "channel":
+            return torch.cat([x, code.view(n, c, *([1] * (x.dim() - 2))).expand(
+                n, c, *x.shape[2:])], 1)
         flat = x.flatten(1).clone()
         flat[:, :c] = code
         return flat.view_as(x)
+
+
+def first_layer_is_conv(network: Network) -> bool:
+    """Whether block 0's first layer with weights is a convolution."""
+    for m in network.blocks[0].modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            return True
+        if isinstance(m, nn.Linear):
+            return False
+    return False
+
+
+def widen_first_conv(network: Network, extra: int) -> None:
+    """Give the first convolution of block 0 ``extra`` more input channels (labels)."""
+    block = network.blocks[0]
+    for parent in block.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, (nn.Conv1d, nn.Conv2d)):
+                wide = type(child)(child.in_channels + extra, child.out_channels,
+                                   child.kernel_size, child.stride, child.padding,
+                                   child.dilation, child.groups, child.bias is not None,
+                                   child.padding_mode)
+                with torch.no_grad():
+                    wide.weight[:, : child.in_channels] = child.weight
+                    if child.bias is not None:
+                        wide.bias.copy_(child.bias)
+                setattr(parent, name, wide)
+                block.in_shape = (child.in_channels + extra, *tuple(block.in_shape)[1:])
+                return
 
 
 def widen_first_linear(network: Network, extra: int) -> None:

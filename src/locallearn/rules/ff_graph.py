@@ -26,6 +26,11 @@ Prediction. Node rules try every class ``c``: training nodes keep their own labe
 its goodness ``mean_j z_j^2 - theta`` summed over layers (one forward pass per
 class). Links: the mean over layers of ``sigmoid(G(z_u * z_v) - theta)``.
 
+Training and prediction use different goodness: the loss reads the *summed*
+squares ``sum_j z_j^2`` (against theta = 2), prediction the *mean* ``mean_j z_j^2``
+(a per-layer constant factor 1/width, so each layer's class ranking is the same,
+but layers of different widths weigh differently in the sum over layers).
+
 Deviations from the paper's code: all layers train at once (the code trains one
 layer to convergence, then the next); at prediction time every non-training
 node, not only the evaluated split's nodes, is given the candidate label, and

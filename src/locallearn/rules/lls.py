@@ -31,9 +31,8 @@ modulation of LLS-M / LLS-MxM starts at the identity (ones / identity matrix),
 so training starts from plain LLS (the authors start from small random values).
 Each block passes on its output divided by its per-sample RMS (``rms_norm``,
 default True; forward-only, no parameters): the LLS loss ignores the scale of
-h_k, which then drifts and slowed the head trained on it (digits mlp:64,64 after
-10 epochs: head 0.77 without, 0.89 with; mnist1d cnn 0.806 -> 0.921). Adam at
-lr 1e-3, no batch norm, no schedule.
+h_k, which then drifts and slowed the head trained on it
+(not yet re-checked on validation, see docs/bench.md). Adam at lr 1e-3, no batch norm, no schedule.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Prediction: G of the last layer, or of the layer that was best on validation
 
 The network's head serves as the last layer's projection M_L, so
 ``mlp:500,500`` has the weights it has under backprop plus one projection per
-earlier block.
+earlier block. Deviation: the projections ``M_i`` (the network's readouts and its
+head) carry a bias per class; the paper's ``G_i = a_i M_i^T`` has none.
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ Deviations from the paper:
   integrals over the noise level that do not depend on the schedule's shape (only the
   variance of their estimate does, which is what the schedule then learns, as in VDM);
   but d SNR / dt puts almost all the weight where z_t already shows the label (SNR
-  runs from 0.001 to 99), while inference starts from pure noise. On digits (mlp:64, 10
-  epochs) this was 0.84 test accuracy with "snr" against 0.93 with "logsnr". Either
+  runs from 0.001 to 99), while inference starts from pure noise; "snr" learned
+  clearly less on digits (not yet re-checked on validation, see docs/bench.md). Either
   weight is normalised per batch (a constant scale, which Adam ignores; the paper's
   eta / 2 cancels with it).
 * W_Embed gets no gradient through the network's input z_t (see noprop-dt).

@@ -57,9 +57,9 @@ Deviations from the paper:
 * Inference is deterministic by default: each step moves z to the posterior mean
   a_t û_t + b_t z_{t-1}, without eq. 3's sqrt(c_t) eps_t (``inference_noise=True``
   adds it). With the noise, the T steps *sample* a class from the model's p(y | x)
-  instead of taking its mode, which costs accuracy until the model is confident: on
-  digits (cnn:8,16, 10 epochs) 0.677 with the noise against 0.875 without. A public
-  re-implementation reported the same (Sid3503/NoProp, issue 4).
+  instead of taking its mode, which costs accuracy until the model is confident
+  (much lower on digits; not yet re-checked on validation, see docs/bench.md).
+  A public re-implementation reported the same (Sid3503/NoProp, issue 4).
   z_0 (and the noise, when on) comes from a private generator reseeded at every
   ``predict`` call: accuracy is reproducible, and evaluation leaves the global random
   stream that training draws from untouched.
@@ -90,7 +90,8 @@ def cosine_schedule(steps: int) -> Tensor:
 
 @RULES.register("noprop-dt", help="NoProp discrete time: T blocks denoise a label embedding")
 class NoPropDT(NoPropRule):
-    # T networks per step: fewer epochs than ct/fm (it was >= 0.93 on mnist5k after 3).
+    # T networks per step: fewer epochs than ct/fm
+    # (not yet re-checked on validation, see docs/bench.md).
     defaults = {**NoPropRule.defaults, "epochs": 10}
     streams_losses = True  # block t's graph is freed before block t+1 runs
 

@@ -22,12 +22,12 @@ negative target would only push the unit's pre-activation down without bound.
 Adam replaces plain SGD (same optimiser as the backprop baseline). Options:
 - ``conv_target`` (default ``"max"``): ``"map"`` gives every unit of a conv map
   its own target (a position-specific class code, which a shift-equivariant
-  layer cannot produce on shifted inputs: mnist1d cnn 0.24); ``"max"`` gives one
-  target per channel, reached by the channel's strongest response over positions
-  (mnist1d cnn, seed 0, 20 epochs: 0.93). Dense blocks are unaffected.
+  layer cannot produce on shifted inputs: mnist1d cnn near chance); ``"max"`` gives
+  one target per channel, reached by the channel's strongest response over positions.
+  Dense blocks are unaffected.
 - ``normalize`` (default True): the next block and the head read the block's
-  output divided by its per-sample RMS (parameter-free, forward only); mnist1d
-  cnn with conv_target max: 0.93 -> 0.97; mnist5k mlp: 0.905 -> 0.909.
+  output divided by its per-sample RMS (parameter-free, forward only).
+  (not yet re-checked on validation, see docs/bench.md.)
 """
 
 from __future__ import annotations
