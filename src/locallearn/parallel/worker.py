@@ -42,14 +42,13 @@ from locallearn.parallel.stages import (
     stage_groups,
 )
 from locallearn.training.checkpoint import (
-    check_loaded_state,
     check_meta,
     checkpoint_paths,
-    flatten_optimizer,
     load_checkpoint,
+    load_training_state,
     read_meta,
     save_checkpoint,
-    unflatten_optimizer,
+    state_tensors,
     write_json_atomic,
 )
 from locallearn.training.optim import make_optimizer, make_schedule
@@ -280,13 +279,7 @@ class StageTrainer:
                 part.unlink(missing_ok=True)
 
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:
-        tensors = {f"rule.{k}": v for k, v in owned_state(rule, groups, ctx).items()}
-        rests = []
-        for i, opt in enumerate(optimizers):
-            t, rest = flatten_optimizer(f"optim.{i}", opt.state_dict())
-            tensors.update(t)
-            rests.append(rest)
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors, rests = state_tensors(owned_state(rule, groups, ctx), optimizers)
         meta = {"epoch": epoch, "stage": ctx.rank, "stages": ctx.world,
                 "blocks": list(ctx.blocks), "optimizers": rests,
                 "schedules": [s.state_dict() if s else None for s in schedules],
@@ -323,12 +316,7 @@ class StageTrainer:
         state = {k[len("rule."):]: v for k, v in tensors.items() if k.startswith("rule.")}
         try:
             rule.load_state_dict(state, strict=False)
-            check_loaded_state(optimizers, meta["optimizers"], tensors, self.out)
-            for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
-                opt.load_state_dict(unflatten_optimizer(rest, tensors))
-            for sch, st in zip(schedules, meta["schedules"], strict=True):
-                if sch is not None and st is not None:
-                    sch.load_state_dict(st)
+            load_training_state(optimizers, schedules, meta, tensors, self.out)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise UserError(f"stage part {stem} in {self.out} does not fit this run "

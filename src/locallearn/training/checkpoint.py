@@ -172,6 +172,21 @@ def load_checkpoint(directory: Path, stem: str = "checkpoint", fallback: bool = 
                     f"train with --overwrite")
 
 
+def state_tensors(rule_state: dict[str, torch.Tensor],
+                  optimizers) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """What a checkpoint holds as tensors: the rule's state (``rule.*``), each optimiser's
+    tensors (``optim.i.*``) and the torch RNG; plus each optimiser's non-tensor rest.
+    Used by the one-process trainer and by every pipeline stage (its own part)."""
+    tensors = {f"rule.{k}": v for k, v in rule_state.items()}
+    rests = []
+    for i, opt in enumerate(optimizers):
+        t, rest = flatten_optimizer(f"optim.{i}", opt.state_dict())
+        tensors.update(t)
+        rests.append(rest)
+    tensors["rng.torch"] = torch.get_rng_state()
+    return tensors, rests
+
+
 def flatten_optimizer(prefix: str, state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
     """Split an optimiser state dict into tensors and a JSON-able rest."""
     tensors, rest = {}, {"param_groups": state_dict["param_groups"], "state": {}}
@@ -268,3 +283,20 @@ def check_meta(meta: dict[str, Any]) -> None:
     if not (isinstance(best, dict) and isinstance(best.get("val_accuracy"), int | float)
             and isinstance(best.get("epoch"), int)):
         raise ValueError(f"best is {best!r}")
+
+
+def load_training_state(optimizers, schedules, meta: dict[str, Any],
+                        tensors: dict[str, torch.Tensor], where: Any) -> list:
+    """Restore each optimiser and learning-rate schedule from a checkpoint (after
+    :func:`check_loaded_state`); the schedules that were restored. Used by the
+    one-process trainer and by every pipeline stage."""
+    check_loaded_state(optimizers, meta["optimizers"], tensors, where)
+    for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
+        opt.load_state_dict(unflatten_optimizer(rest, tensors))
+    restored = []
+    for sch, st in zip(schedules, meta["schedules"], strict=True):
+        if sch is not None and st is not None:
+            sch.load_state_dict(st)
+            restored.append(sch)
+    return restored
+

@@ -23,13 +23,12 @@ from locallearn.measure import hardware_info, measure_training_memory
 from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
-    check_loaded_state,
     check_meta,
-    flatten_optimizer,
     load_checkpoint,
     load_rule_tensors,
+    load_training_state,
     save_checkpoint,
-    unflatten_optimizer,
+    state_tensors,
     write_json_atomic,
 )
 from locallearn.training.freeze import freeze_blocks, trainable_groups
@@ -215,14 +214,7 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------
     def _state_tensors(self, rule: Rule, optimizers) -> tuple[dict[str, Tensor], list[dict]]:
-        tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
-        rests = []
-        for i, opt in enumerate(optimizers):
-            t, rest = flatten_optimizer(f"optim.{i}", opt.state_dict())
-            tensors.update(t)
-            rests.append(rest)
-        tensors["rng.torch"] = torch.get_rng_state()
-        return tensors, rests
+        return state_tensors(rule.state_dict(), optimizers)
 
     def _save(self, rule, optimizers, schedules, epoch, best, history, stem="checkpoint"):
         tensors, optim_rest = self._state_tensors(rule, optimizers)
@@ -272,15 +264,10 @@ class Trainer:
             self._load_rule_tensors(rule, tensors)
             try:
                 self.run_info["run_id"] = check_same_run(self.out, meta)
-                check_loaded_state(optimizers, meta["optimizers"], tensors, self.out)
-                for opt, rest in zip(optimizers, meta["optimizers"], strict=True):
-                    opt.load_state_dict(unflatten_optimizer(rest, tensors))
-                for sch, st in zip(schedules, meta["schedules"], strict=True):
-                    if sch is not None and st is not None:
-                        sch.load_state_dict(st)
-                        # A resume may extend the run (--epochs): the schedule keeps going
-                        # from where it is towards the new end instead of restarting.
-                        plan_schedule(sch, cfg.epochs)
+                for sch in load_training_state(optimizers, schedules, meta, tensors, self.out):
+                    # A resume may extend the run (--epochs): the schedule keeps going
+                    # from where it is towards the new end instead of restarting.
+                    plan_schedule(sch, cfg.epochs)
                 rule.load_extra_state(meta.get("rule_extra", {}))
                 torch.set_rng_state(tensors["rng.torch"])
                 check_meta(meta)
