@@ -83,7 +83,12 @@ def main() -> None:
         print(f"| {rule} | {r['full']:.4f} | {r['best_depth']:.2f} of {r['blocks']} "
               f"({r['best_fraction']:.0%}) | {'met' if r['target_met'] else 'missed'} | "
               f"{r['threshold']:g} | {r['accuracy']:.4f} | {r['mean_blocks']:.2f} | "
-              f"{r['speedup_1']:.2f}x | {r['speedup_256']:.2f}x |")
+              f"{_x(r['speedup_1'])} | {_x(r['speedup_256'])} |")
+
+
+def _x(speedup: float | None) -> str:
+    """A speed-up, or '-' where its timing spread exceeded the effect (left out)."""
+    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 def report(rule: str, summary: dict, ee: dict) -> dict:
@@ -110,7 +115,8 @@ def report(rule: str, summary: dict, ee: dict) -> dict:
     for key, t in timing.items():
         print(f"  {key.replace('_', ' ')}: full depth {t['full_seconds'] * 1e3:.1f} ms, early "
               f"exit {t['early_exit_seconds'] * 1e3:.1f} ms for {t['samples']} samples -> "
-              f"speed-up {t['speedup']:.2f}x")
+              f"speed-up {_x(t['speedup'])} (range x{t['speedup_range'][0]:.2f}-"
+              f"x{t['speedup_range'][1]:.2f} over {t['repeats']} repetitions)")
     return {"full": full, "blocks": blocks, "best_depth": best["mean_blocks"],
             "best_fraction": best["mean_blocks"] / blocks, "target_met": met,
             "threshold": point["threshold"], "accuracy": point["accuracy"],

@@ -64,9 +64,16 @@ def test_summary_has_early_exit_sweep_and_speedups(runs, rule):
     assert point["incremental"] and point["picked_on"] == "val"
     assert s["early_exit_speedup"]["threshold"] == point["threshold"]
     for bs in (1, 256):
-        assert s["early_exit_speedup"][f"batch_{bs}"] > 0
         t = s["early_exit_timing"][f"batch_{bs}"]
         assert t["batch_size"] == bs and t["full_seconds"] > 0 and t["early_exit_seconds"] > 0
+        low, high = t["speedup_range"]
+        assert t["repeats"] == 5 and 0 < low <= high
+        # A speed-up is reported only when the spread of the repetitions is below the effect.
+        speedup = s["early_exit_speedup"][f"batch_{bs}"]
+        if speedup is None:
+            assert "spread larger than the effect" in t["speedup_note"]
+        else:
+            assert low <= speedup <= high and (high - low) / 2 <= abs(speedup - 1)
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -406,3 +406,38 @@ def test_cifar10_augment_option_and_recipe_on_tiny_real_format_files(tmp_path):
     for r in rows:
         assert r["epochs"] == 1 and r["train_config"]["amp"] is True
         assert 0 <= r["test_accuracy"] <= 1 and r["normalisation"]["applied"]
+
+
+def test_default_length_follows_optimiser_steps():
+    from types import SimpleNamespace
+
+    from locallearn.training.length import MIN_STEPS, SAMPLE_BUDGET, default_epochs
+
+    def table(rows):
+        return SimpleNamespace(train=range(rows))
+
+    # mnist5k-sized: 3,600 rows at batch 128 = 29 steps x 20 epochs >= MIN_STEPS: unchanged.
+    assert default_epochs(20, table(3600), 128)[0] == 20
+    # a ~180-row table: one or two steps per epoch -> at least MIN_STEPS steps.
+    epochs, why = default_epochs(20, table(128), 128)
+    assert epochs == MIN_STEPS and "optimiser steps" in why
+    # never more than SAMPLE_BUDGET rows, never below the rule's default
+    assert default_epochs(20, table(1000), 2000)[0] == SAMPLE_BUDGET // 1000
+    assert default_epochs(20, table(50_000), 50_000)[0] == 20
+    # a graph: one full-graph step per epoch
+    graph = SimpleNamespace(graph_task="node", x=torch.zeros(34, 3), evaluate=None)
+    assert default_epochs(20, graph, 128)[0] == MIN_STEPS
+
+
+def test_named_epochs_are_kept_and_the_default_is_explained(monkeypatch):
+    import locallearn.training.length as length
+
+    monkeypatch.setattr(length, "MIN_STEPS", 2 * RULES.get("mono-forward").defaults["epochs"])
+    x, y = digits_tensors()
+    r = ll.train(rule="mono-forward", model=[nn.Linear(64, 8)], train=(x[:300], y[:300]),
+                 epochs=2, quiet=True)
+    assert r.summary["epochs"] == 2 and "epochs_default" not in r.summary
+    r = ll.train(rule="mono-forward", model=[nn.Linear(64, 8)], train=(x[:200], y[:200]),
+                 batch_size=200, quiet=True, early_exit=False)
+    assert r.summary["epochs"] > RULES.get("mono-forward").defaults["epochs"]
+    assert "optimiser steps" in r.summary["epochs_default"]

@@ -33,6 +33,7 @@ saving; ``Anytime.incremental`` is then False).
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -313,22 +314,21 @@ def operating_point(rows: list[dict[str, float]], tolerance: float = TOLERANCE
 
 # -- timing --------------------------------------------------------------------------
 
-def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def _seconds(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 @torch.no_grad()
 def measure_speedup(anytime: Anytime, x: Tensor, threshold: float, batch_size: int,
-                    repeats: int = 3) -> dict[str, float]:
+                    repeats: int = 5) -> dict[str, Any]:
     """Wall-clock time to predict ``x`` in batches, early exit against full depth.
 
-    Best of ``repeats`` runs each; the speed-up is full-depth time / early-exit time.
+    ``repeats`` interleaved pairs (full, early) after a warm-up; each pair gives one
+    speed-up (full / early). ``speedup`` is their median, ``speedup_range`` their min and
+    max; when half that range exceeds the effect (|median - 1|), timing noise is as large
+    as the effect and ``speedup`` is None (``speedup_note`` says so).
     """
     was = anytime.rule.training
     anytime.rule.eval()
@@ -342,18 +342,32 @@ def measure_speedup(anytime: Anytime, x: Tensor, threshold: float, batch_size: i
             sync()
         return go
 
+    full_fn, early_fn = run(anytime.predict_full), run(lambda b: anytime.predict(b, threshold))
     try:
-        full = _best_seconds(run(anytime.predict_full), repeats)
-        early = _best_seconds(run(lambda b: anytime.predict(b, threshold)), repeats)
+        full_fn(), early_fn()  # warm-up
+        pairs = [(_seconds(full_fn), _seconds(early_fn)) for _ in range(max(1, repeats))]
     finally:
         anytime.rule.train(was)
-    return {"batch_size": batch_size, "samples": int(x.shape[0]), "full_seconds": full,
-            "early_exit_seconds": early, "speedup": full / early if early > 0 else None}
+    ratios = sorted(f / e for f, e in pairs if e > 0)
+    out: dict[str, Any] = {"batch_size": batch_size, "samples": int(x.shape[0]),
+                           "repeats": len(pairs),
+                           "full_seconds": statistics.median(f for f, _ in pairs),
+                           "early_exit_seconds": statistics.median(e for _, e in pairs),
+                           "speedup": None, "speedup_range": None}
+    if ratios:
+        median = statistics.median(ratios)
+        out["speedup_range"] = [ratios[0], ratios[-1]]
+        if (ratios[-1] - ratios[0]) / 2 <= abs(median - 1):
+            out["speedup"] = median
+        else:
+            out["speedup_note"] = (f"left out: x{ratios[0]:.2f}-x{ratios[-1]:.2f} over "
+                                   f"{len(ratios)} repetitions, spread larger than the effect")
+    return out
 
 
 def early_exit_summary(rule: Rule, dataset, device: torch.device | str = "cpu",
                        batch_size: int = 1024, time_samples_batch1: int = 128,
-                       time_samples_batch256: int = 1024, repeats: int = 2) -> dict[str, Any]:
+                       time_samples_batch256: int = 1024, repeats: int = 5) -> dict[str, Any]:
     """``early_exit`` (test sweep), the operating point picked on validation, speed-ups.
 
     Empty for rules without readouts, for datasets with their own evaluation

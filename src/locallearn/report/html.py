@@ -500,9 +500,12 @@ def early_exit_plot(rows: list[dict[str, Any]], plt, colors: dict[str, Any]) -> 
         color = colors.get(rule)
         point = r.get("early_exit_operating_point") or {}
         label = f"{rule} ({r.get('data')}, {r.get('net')}, seed {r.get('seed')})"
-        if point.get("speedup_batch_1"):
-            label += (f"; x{point['speedup_batch_1']:.2f} at batch 1, "
-                      f"x{point['speedup_batch_256']:.2f} at 256")
+        # Speed-ups are left out (None) where their timing spread exceeded the effect.
+        speed = [f"x{point[k]:.2f} at batch {n}" for k, n in (("speedup_batch_1", 1),
+                                                             ("speedup_batch_256", 256))
+                 if point.get(k)]
+        if speed:
+            label += "; " + ", ".join(speed)
         ax.plot([c["mean_blocks"] for c in curve], [c["accuracy"] for c in curve],
                 marker=".", color=color, label=label)
         if point:

@@ -8,6 +8,7 @@ from typing import Any
 
 from locallearn.errors import UserError
 from locallearn.rules import RULES, Rule
+from locallearn.training.length import default_epochs
 from locallearn.training.spec import (  # noqa: F401 (check_names: imported from here)
     RunSpec,
     check_names,
@@ -133,14 +134,19 @@ def train(rule: str = "backprop", data: Any = "mnist5k", net: Any = "mlp:500,500
     if extra_rule_options:
         rule_options = {**(rule_options or {}), **extra_rule_options}
     config = make_config(rule, **options)
+    # No epochs named: the default follows the optimiser steps (training/length.py).
+    length = None if options.get("epochs") is not None else default_epochs
     if model is not None or own_data:
         return train_user(rule, config, model=model, net=net, data=data, train=train, val=val,
                           test=test, blocks=blocks, head=head, num_classes=num_classes,
                           normalise=normalise, data_dir=data_dir, data_options=data_options,
-                          net_options=net_options, rule_options=rule_options)
+                          net_options=net_options, rule_options=rule_options, length=length)
     dataset, learner = build(rule, data, net, config.seed, data_dir, data_options, net_options,
                              rule_options)
     run_info = run_info_for(rule, data, net, data_dir, rule_options, data_options, net_options)
+    if length is not None:
+        config.epochs, run_info["epochs_default"] = length(config.epochs, dataset,
+                                                           config.batch_size)
     if hasattr(dataset, "graph_task"):
         run_info["task"] = dataset.graph_task
     trainer = Trainer(config, run_info)

@@ -38,7 +38,8 @@ def train_user(rule: str, config, *, model=None, net: Any = None, data: Any = No
                train=None, val=None, test=None, blocks=None, head=None,
                num_classes: int | None = None, normalise: bool = True,
                data_dir: str | None = None, data_options: dict | None = None,
-               net_options: dict | None = None, rule_options: dict | None = None):
+               net_options: dict | None = None, rule_options: dict | None = None,
+               length=None):
     from locallearn.training.run import TrainResult, run_info_for
 
     RULES.get(rule)
@@ -71,6 +72,9 @@ def train_user(rule: str, config, *, model=None, net: Any = None, data: Any = No
     if data_name == "user":
         run_info["user_data"] = dataset.info["sources"]
         run_info["normalisation"] = dataset.info["normalisation"]
+    if length is not None:
+        config.epochs, run_info["epochs_default"] = length(config.epochs, dataset,
+                                                           config.batch_size)
     trainer = Trainer(config, run_info)
     summary = trainer.fit(learner, dataset)
     if model is not None and config.out:
