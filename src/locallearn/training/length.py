@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-MIN_STEPS = 500
+MIN_STEPS = 250
 # About the rows one default mnist5k run reads (20 epochs x 3,600): small data may use
 # up to that, a large dataset never more than its rule's default epochs.
 SAMPLE_BUDGET = 72_000
