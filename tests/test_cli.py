@@ -53,8 +53,13 @@ def test_summary_contract_and_rule_default_epochs(capsys, tmp_path):
     s = summary(out)
     for key in SUMMARY_KEYS:
         assert key in s, key
-    # No --epochs: the rule's own default.
-    assert s["epochs"] == Backprop.defaults["epochs"] and s["seed"] == 3
+    # No --epochs: the rule's own default, lengthened on small data to MIN_STEPS steps.
+    from locallearn.data import load_dataset
+    from locallearn.training.length import default_epochs
+
+    expected = default_epochs(Backprop.defaults["epochs"], load_dataset("digits", seed=3),
+                              128)[0]
+    assert s["epochs"] == expected >= Backprop.defaults["epochs"] and s["seed"] == 3
     assert s["rule"] == "backprop" and s["data"] == "digits" and s["net"] == "mlp:16"
     assert 0.85 < s["test_accuracy"] <= 1 and s["per_layer_test_accuracy"] is None
     assert s["peak_memory_bytes"] > 0 and s["samples_per_second"] > 0
