@@ -23,6 +23,7 @@ import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from datetime import timedelta
+from itertools import cycle, islice
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -251,9 +252,11 @@ class StageTrainer:
         for k in ctx.blocks:
             for n, b in rule.network.blocks[k].named_buffers():
                 own.register_buffer(f"b{k}_{n.replace('.', '_')}", b)
-        batches = iter(with_upcoming(dataset.loader("train", self.config.batch_size,
-                                                    shuffle=True,
-                                                    seed=self.config.seed * 100_003)))
+        # A graph's loader has one batch per epoch: repeat it so every stage takes
+        # ``steps`` steps, with the last one posting no receive ahead.
+        loader = dataset.loader("train", self.config.batch_size, shuffle=True,
+                                seed=self.config.seed * 100_003)
+        batches = iter(with_upcoming(list(islice(cycle(loader), steps))))
         state = {"n": 0}
 
         def step() -> None:
