@@ -102,7 +102,9 @@ def run_suite(suite: Suite, out: Path, device: str = "auto", quiet: bool = False
     ``threads`` (or the suite's ``settings.threads``) sets torch's CPU threads for the
     run; each row records the number used.
     """
-    threads = threads or suite.settings.get("threads")
+    # One thread per process unless asked: parallel cells on a shared machine otherwise
+    # oversubscribe its cores (torch's default of 2 on 2 cores ran the demo ~4x slower).
+    threads = threads or suite.settings.get("threads") or 1
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))

@@ -26,7 +26,7 @@ class Bench:
                                        "(e.g. --seeds 0 for a quick pass; resumable later)")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
         p.add_argument("--threads", type=int,
-                       help="torch CPU threads (default: the suite's setting, else torch's)")
+                       help="torch CPU threads (default: the suite's setting, else 1)")
         p.add_argument("--list", action="store_true", help="print the cells and exit")
         p.add_argument("--overwrite", action="store_true",
                        help="delete earlier results in --out instead of resuming")
