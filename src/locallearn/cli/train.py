@@ -153,6 +153,12 @@ def default_out(settings: dict, root: str | Path | None = None) -> Path:
     return out
 
 
+def stored_grid(out: Path) -> dict:
+    """Stages and replicas of the run in ``out`` (1 and 1 for a one-process run)."""
+    cfg = json.loads((out / "config.json").read_text())
+    return {"stages": int(cfg.get("stages") or 1), "replicas": int(cfg.get("replicas") or 1)}
+
+
 def run_settings(settings: dict, out: str | None, quiet: bool, resume: bool = False,
                  overwrite: bool = False):
     from locallearn.training import train
@@ -175,8 +181,13 @@ class Train:
         p.add_argument("--out", help="run directory (summary.json, metrics.jsonl, checkpoints)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out")
         p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-        p.add_argument("--stages", type=int, default=1,
-                       help="split the blocks into N pipeline stages, one process each")
+        p.add_argument("--stages", type=int,
+                       help="split the blocks into N pipeline stages, one process each "
+                            "(default 1; on --resume, the run's own)")
+        p.add_argument("--replicas", type=int,
+                       help="M data-parallel copies, each on 1/M of every batch, gradients "
+                            "averaged (default 1, under torchrun world size / stages; on "
+                            "--resume, the run's own)")
         p.add_argument("--staleness", type=int, default=0,
                        help="staged rules with backward signals: how many micro-batches old "
                             "a signal may be (0 = exact)")
@@ -193,11 +204,20 @@ class Train:
             args.out = str(default_out(settings))
             print(f"run folder: {args.out} (set --out to choose)")
 
-        if args.stages != 1 or env_rank() is not None:
+        stages, replicas = args.stages, args.replicas
+        for flag, value in (("--stages", stages), ("--replicas", replicas)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} must be >= 1, got {value}")
+        if args.resume and args.out:  # the grid the run was trained with, unless given
+            grid = stored_grid(Path(args.out))
+            stages = stages or grid["stages"]
+            replicas = replicas or (grid["replicas"] if env_rank() is None else None)
+        stages = stages or 1
+        if stages != 1 or (replicas or 1) != 1 or env_rank() is not None:
             from locallearn.parallel.launch import launch
 
-            s = launch(settings, args.out, args.quiet, args.resume, args.overwrite, args.stages,
-                       args.staleness, args.stage_threads)
+            s = launch(settings, args.out, args.quiet, args.resume, args.overwrite, stages,
+                       args.staleness, args.stage_threads, replicas=replicas)
             if not s:  # a non-zero rank under torchrun: rank 0 reports
                 return 0
         else:

@@ -1,9 +1,10 @@
-"""Start one process per stage on this machine and watch them.
+"""Start one process per stage and replica on this machine and watch them.
 
-Under ``torchrun`` (RANK / WORLD_SIZE set) the current process *is* a stage
-and runs it directly. Otherwise the launcher starts ``--stages`` worker
-processes with gloo (CPU) or NCCL (GPU) rendezvous on localhost, and if any of
-them dies it stops the others at once and reports the dead stage in one line.
+Under ``torchrun`` (RANK / WORLD_SIZE set) the current process *is* one stage
+of one replica and runs it directly. Otherwise the launcher starts ``--stages``
+x ``--replicas`` worker processes with gloo (CPU) or NCCL (GPU) rendezvous on
+localhost, and if any of them dies it stops the others at once and reports the
+dead one in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from locallearn.errors import RunFailure, UserError
+from locallearn.parallel.replicas import Grid, check_replicable
 from locallearn.parallel.stages import check_stageable, env_rank, partition
 
 STOP_GRACE_SECONDS = 5.0
@@ -31,19 +33,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def validate(settings: dict[str, Any], stages: int, staleness: int) -> None:
-    """Refuse impossible stagings before any process starts."""
+def validate(settings: dict[str, Any], stages: int, staleness: int, replicas: int = 1,
+             batch_size: int = 1) -> None:
+    """Refuse impossible stagings and splits before any process starts."""
     from locallearn.training.run import coerce_setting
     from locallearn.training.spec import RunSpec
 
     if staleness < 0:  # before building anything
         raise UserError(f"--staleness must be >= 0, got {staleness}")
+    if replicas < 1:
+        raise UserError(f"--replicas must be >= 1, got {replicas}")
     if coerce_setting("freeze_blocks", settings.get("freeze_blocks", False)):
         raise UserError("freeze_blocks (the frozen control) runs in one process; "
-                        "drop --stages")
-    _, _, rule = RunSpec.from_settings(settings).build()
-    check_stageable(rule, staleness)
+                        "drop --stages and --replicas")
+    dataset, _, rule = RunSpec.from_settings(settings).build()
+    if stages > 1 or staleness:
+        check_stageable(rule, staleness)
     partition(len(rule.network.blocks), stages)
+    check_replicable(dataset, batch_size, replicas)
 
 
 def _describe(code: int) -> str:
@@ -93,11 +100,14 @@ def _state(pid: int) -> str | None:
 
 def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
            overwrite: bool, stages: int, staleness: int = 0, threads: int = 1,
-           timeout_s: float = 60.0) -> dict[str, Any]:
-    """Train with ``stages`` processes; returns rank 0's summary."""
+           timeout_s: float = 60.0, replicas: int | None = None) -> dict[str, Any]:
+    """Train with ``stages`` x ``replicas`` processes; returns rank 0's summary.
+
+    Under torchrun ``replicas`` defaults to the world size divided by ``stages``.
+    """
     args = {"settings": settings, "out": out, "quiet": quiet, "resume": resume,
             "overwrite": overwrite, "stages": stages, "staleness": staleness,
-            "timeout_s": timeout_s}
+            "timeout_s": timeout_s, "replicas": replicas}
     if env_rank() is not None:  # started by torchrun: this process is one stage
         from locallearn.parallel.worker import run_stage
 
@@ -114,30 +124,32 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
                                "net_options", "rule_options")}
     config = make_config(settings["rule"], out=out, resume=resume, overwrite=overwrite,
                          **train_keys)
-    validate(settings, stages, staleness)
+    replicas = replicas or 1
+    validate(settings, stages, staleness, replicas, config.batch_size)
+    grid = Grid(stages, replicas, 0)
     out_dir = Path(out) if out else None
     # The launcher holds the run folder's lock for the stages' whole lifetime.
     lock = RunLock(out_dir).acquire() if out_dir is not None else None
     try:
         if out_dir is not None:
             Trainer(config)._prepare_out()
-        return _run_stages(args, out_dir, quiet, stages, threads)
+        return _run_stages(args, out_dir, quiet, grid, threads)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_stages(args: dict[str, Any], out_dir: Path | None, quiet: bool, stages: int,
+def _run_stages(args: dict[str, Any], out_dir: Path | None, quiet: bool, grid: Grid,
                 threads: int) -> dict[str, Any]:
     log_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="locallearn-"))
     port = _free_port()
     procs, logs = [], []
-    for rank in range(stages):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(stages), LOCAL_RANK=str(rank),
+    for rank in range(grid.world):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(grid.world), LOCAL_RANK=str(rank),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                    OMP_NUM_THREADS=str(threads), LOCALLEARN_STAGE_THREADS=str(threads),
                    LOCALLEARN_STAGE_ARGS=json.dumps(args, default=str))
-        log = open(log_dir / f"stage{rank}.log", "w")
+        log = open(log_dir / log_name(grid, rank), "w")
         logs.append(log)
         # Rank 0 shows progress on the terminal; every stage's errors go to its log.
         procs.append(subprocess.Popen(
@@ -154,22 +166,32 @@ def _run_stages(args: dict[str, Any], out_dir: Path | None, quiet: bool, stages:
             log.close()
     if dead is not None:
         rank, code = dead
+        log = log_dir / log_name(grid, rank)
         if code == -signal.SIGSTOP:
             raise RunFailure(
-                f"stage {rank} (pid {procs[rank].pid}) stopped answering (the process is "
-                f"stopped, e.g. by SIGSTOP or Ctrl-Z); stopped all stages; "
-                f"{_last_checkpoint(out_dir)}; see {log_dir}/stage{rank}.log")
+                f"{grid.describe(rank)} (pid {procs[rank].pid}) stopped answering (the process "
+                f"is stopped, e.g. by SIGSTOP or Ctrl-Z); stopped all processes; "
+                f"{_last_checkpoint(out_dir)}; see {log}")
         if code == 2:
-            lines = (log_dir / f"stage{rank}.log").read_text().strip().splitlines()
+            lines = log.read_text().strip().splitlines()
             message = lines[-1] if lines else "bad input"
             raise UserError(message.removeprefix("locallearn: error: "))
         raise RunFailure(
-            f"stage {rank} (pid {procs[rank].pid}) died ({_describe(code)}); stopped the other "
-            f"stages; {_last_checkpoint(out_dir)}; see {log_dir}/stage{rank}.log"
+            f"{grid.describe(rank)} (pid {procs[rank].pid}) died ({_describe(code)}); stopped "
+            f"the other processes; {_last_checkpoint(out_dir)}; see {log}"
         )
     if out_dir is not None and (out_dir / "summary.json").exists():
         return json.loads((out_dir / "summary.json").read_text())
     return {}
+
+
+def log_name(grid: Grid, rank: int) -> str:
+    """Each process's log: stageS.log, replicaR.log, or stageS-replicaR.log in a grid."""
+    if grid.replicas == 1:
+        return f"stage{rank}.log"
+    if grid.stages == 1:
+        return f"replica{rank}.log"
+    return f"stage{rank % grid.stages}-replica{rank // grid.stages}.log"
 
 
 def _watch(procs: list[subprocess.Popen]) -> tuple[int, int] | None:

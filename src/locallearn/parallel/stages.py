@@ -92,10 +92,15 @@ def stage_groups(rule: Rule, blocks: range, last: bool) -> list[ParamGroup]:
 
 @dataclass
 class StageContext:
-    rank: int
-    world: int
+    rank: int  # the stage's index in its pipeline
+    world: int  # stages in the pipeline
     blocks: range
     device: torch.device
+    offset: int = 0  # global rank of the pipeline's stage 0 (replica * stages in a grid)
+
+    def peer(self, stage: int) -> int:
+        """Global rank of another stage of this pipeline."""
+        return self.offset + stage
 
     @property
     def first(self) -> bool:
@@ -113,6 +118,7 @@ class Outbox:
     def __init__(self, peer: int, tag: int = 0) -> None:
         self.peer, self.tag = peer, tag
         self.format: tuple | None = None  # (dtype, row shape) announced to the peer
+        self.bytes_sent = 0  # payload handed to isend, headers included
 
     def send(self, t: Tensor, rows: int, what: str) -> tuple[list, tuple]:
         """Start sending ``t`` (``rows`` rows); the works, and the buffers to keep alive."""
@@ -129,6 +135,7 @@ class Outbox:
                 f"rows of {self.format[1]} {self.format[0]} (one row per row of the batch, "
                 f"one shape per run)")
         works.append(dist.isend(t, self.peer, tag=self.tag))
+        self.bytes_sent += sum(k.numel() * k.element_size() for k in keep)
         return works, keep
 
 
@@ -178,11 +185,16 @@ class ActivationChannel:
         # Forward streams by tag: 0 the activation, others what a rule sends along.
         self._down: dict[int, Outbox] = {}
         self._up: dict[int, Inbox] = {}
-        self._signals_out = [Outbox(r) for r in range(ctx.rank)] if ctx.last else []
-        self._signals_in = Inbox(ctx.world - 1, ctx.device)
+        self._signals_out = [Outbox(ctx.peer(r)) for r in range(ctx.rank)] if ctx.last else []
+        self._signals_in = Inbox(ctx.peer(ctx.world - 1), ctx.device)
         self._pending: dict[int, tuple[list, tuple]] = {}  # per tag: the send in flight
         self._signals: deque = deque()  # (works, buffers) per signal in flight
         self.wait_seconds = 0.0  # time blocked on neighbours (for the busy fraction)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Payload this stage handed to isend (activations, signals, headers)."""
+        return sum(b.bytes_sent for b in [*self._down.values(), *self._signals_out])
 
     def _wait(self, works) -> None:
         t0 = time.perf_counter()
@@ -195,14 +207,15 @@ class ActivationChannel:
         something sent along with it) to the next stage."""
         if tag in self._pending:
             self._wait(self._pending[tag][0])
-        box = self._down.setdefault(tag, Outbox(self.ctx.rank + 1, tag))
+        box = self._down.setdefault(tag, Outbox(self.ctx.peer(self.ctx.rank + 1), tag))
         self._pending[tag] = box.send(h, rows, f"stage {self.ctx.rank}'s output (tag {tag})")
 
     def recv(self, rows: int, next_rows: int | None = None, tag: int = 0) -> Tensor:
         """The previous stage's activation of this micro-batch (or what came along with
         it, by ``tag``); with ``next_rows``, the next micro-batch's receive is posted."""
         t0 = time.perf_counter()
-        box = self._up.setdefault(tag, Inbox(self.ctx.rank - 1, self.ctx.device, tag))
+        box = self._up.setdefault(tag, Inbox(self.ctx.peer(self.ctx.rank - 1), self.ctx.device,
+                                               tag))
         h = box.recv(rows, next_rows)
         self.wait_seconds += time.perf_counter() - t0
         return h
@@ -276,12 +289,14 @@ class BlockwiseStage:
         self.rule, self.ctx, self.channel, self.optimizers = rule, ctx, channel, optimizers
         self._loss_sum: Tensor | None = None
         self._updates = 0
+        self.updates_total = 0  # updates over the run (for per-step message volumes)
 
     def learn(self, losses: list[Tensor]) -> None:
         """One update of the stage's groups; its losses are kept for the epoch's mean."""
         detached = _apply(losses, self.optimizers, self.rule)
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._updates += 1
+        self.updates_total += 1
 
     def epoch_losses(self) -> list[float]:
         """Mean of each of the stage's losses over the epoch's updates; resets them."""

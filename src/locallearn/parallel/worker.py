@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 from itertools import cycle, islice
 from pathlib import Path
@@ -33,6 +33,17 @@ from torch import Tensor
 
 from locallearn.errors import UserError
 from locallearn.measure import measure_step_memory
+from locallearn.parallel.replicas import (
+    GradientAverager,
+    Grid,
+    Groups,
+    ReplicaTrainer,
+    ShardedData,
+    broadcast_state,
+    check_replicable,
+    make_groups,
+    resolve_grid,
+)
 from locallearn.parallel.stages import (
     ActivationChannel,
     StageContext,
@@ -45,6 +56,7 @@ from locallearn.parallel.stages import (
 from locallearn.training.checkpoint import (
     check_meta,
     checkpoint_paths,
+    has_checkpoint,
     load_checkpoint,
     load_training_state,
     read_meta,
@@ -82,11 +94,21 @@ def with_upcoming(batches: Iterable[tuple[Any, Tensor]]) -> Iterator[tuple[tuple
 
 
 class StageTrainer:
+    """One stage of a pipeline; in a grid (``replicas > 1``) one of its copies.
+
+    ``rank``/``world`` below are the stage's index and the number of stages; the
+    pipeline's collectives run in ``groups.pipeline`` and the stage's gradients are
+    averaged over its copies in ``groups.replica``. Only replica 0 writes files.
+    """
+
     def __init__(self, config: TrainConfig, run_info: dict[str, Any], stages: int,
-                 staleness: int = 0) -> None:
+                 staleness: int = 0, grid: Grid | None = None,
+                 groups: Groups | None = None) -> None:
         self.config = config
         self.staleness = staleness
-        self.run_info = dict(run_info, stages=stages, staleness=staleness)
+        self.grid, self.groups = grid, groups or Groups(None, None)
+        replicas = grid.replicas if grid else 1
+        self.run_info = dict(run_info, stages=stages, replicas=replicas, staleness=staleness)
         self.device = resolve_device(config.device)
         self.out = Path(config.out) if config.out else None
 
@@ -103,12 +125,17 @@ class StageTrainer:
 
     def _fit(self, rule, dataset) -> dict[str, Any] | None:
         cfg = self.config
-        rank, world = dist.get_rank(), dist.get_world_size()
+        grid = self.grid or Grid(dist.get_world_size(), 1, dist.get_rank())
+        self.grid = grid
+        rank, world, pipe = grid.stage, grid.stages, self.groups.pipeline
+        head = grid.pipeline_ranks(grid.replica)[0]  # global rank of this pipeline's stage 0
+        lead = grid.replica == 0  # replica 0 writes the run directory
         check_stageable(rule, self.staleness)
         ranges = partition(len(rule.network.blocks), world)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", rank % torch.cuda.device_count())
-        ctx = StageContext(rank, world, ranges[rank], self.device)
+            local = int(os.environ.get("LOCAL_RANK", grid.rank))
+            self.device = torch.device("cuda", local % torch.cuda.device_count())
+        ctx = StageContext(rank, world, ranges[rank], self.device, offset=head)
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
         groups = stage_groups(rule, ctx.blocks, ctx.last)
@@ -117,9 +144,22 @@ class StageTrainer:
                                      weight_decay=g.options.get("weight_decay", cfg.weight_decay),
                                      momentum=cfg.momentum) for g in groups]
         schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
-        book = Trainer(cfg, self.run_info) if rank == 0 else None  # rank 0's bookkeeping
-        if book is not None and not cfg.resume:
-            book._prepare_out()
+        averager = None
+        if grid.replicas > 1:
+            averager = GradientAverager(self.groups.replica, grid.replicas)
+            broadcast_state(rule, self.groups.replica, src=grid.replica_ranks(rank)[0])
+            averager.attach(optimizers)
+            dataset = ShardedData(dataset, grid.replica, grid.replicas, averager)
+        if not lead:  # the copies write nothing (on resume they read replica 0's parts)
+            cfg = replace(cfg, quiet=True)
+        book = None  # stage 0's bookkeeping: evaluation, and (replica 0) the run files
+        if rank == 0:
+            book = Trainer(cfg if lead else replace(cfg, out=None, resume=False),
+                           self.run_info)
+        writes = lead and self.out is not None and cfg.checkpoint
+        if book is not None and lead and not cfg.resume:
+            if "LOCALLEARN_STAGE_ARGS" not in os.environ:  # the launcher did it, and
+                book._prepare_out()  # clearing again would delete the stages' open logs
             self.run_info["run_id"] = new_run_id()
             if self.out is not None:
                 write_json_atomic(self.out / "config.json", {"train": asdict(cfg),
@@ -145,33 +185,35 @@ class StageTrainer:
         stopped_early = False
         for epoch in range(start_epoch, cfg.epochs):
             rule.train()
-            dist.barrier()
+            dist.barrier(group=pipe)
             t0 = time.perf_counter()
             n_samples = 0
             batches = dataset.loader("train", cfg.batch_size, shuffle=True,
                                      seed=cfg.seed * 100_003 + epoch)
             for (x, y), upcoming in with_upcoming(batches):
-                if rank == fail_rank and steps == fail_after:
+                if grid.rank == fail_rank and steps == fail_after:
                     os.kill(os.getpid(), 9)
                 y = y.to(self.device)
                 stage.step(x, y, upcoming)
                 n_samples += int(y.shape[0])
                 steps += 1
             stage.flush()
+            if averager is not None:  # the rows of the global batches, not this slice's
+                n_samples = dataset.epoch_samples
             for sch in schedules:
                 if sch is not None:
                     sch.step()
             rule.on_epoch_end(epoch)
-            dist.barrier()
+            dist.barrier(group=pipe)
             epoch_seconds = time.perf_counter() - t0
             train_seconds += epoch_seconds
             samples_seen += n_samples
 
             # Rank 0 gathers the stages' parameters and evaluates the whole network.
             parts = [None] * world if rank == 0 else None
-            dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
+            dist.gather_object(owned_state(rule, groups, ctx), parts, dst=head, group=pipe)
             losses_all = [None] * world if rank == 0 else None
-            dist.gather_object(stage.epoch_losses(), losses_all, dst=0)
+            dist.gather_object(stage.epoch_losses(), losses_all, dst=head, group=pipe)
             decision = [None]
             if rank == 0:
                 merged = {k: v for part in parts for k, v in part.items()}
@@ -188,7 +230,7 @@ class StageTrainer:
                 improved = val["accuracy"] > best["val_accuracy"]
                 if improved:
                     best = {"val_accuracy": val["accuracy"], "epoch": epoch}
-                if self.out is not None and cfg.checkpoint:
+                if writes:
                     meta = {"epoch": epoch, "best": best, "history": history, "optimizers": [],
                             "schedules": [], "rule_extra": rule.extra_state(),
                             "run": self.run_info}
@@ -200,11 +242,11 @@ class StageTrainer:
                           f"({epoch_seconds:.1f} s)", file=sys.stderr, flush=True)
                 stop = bool(cfg.patience and epoch - best["epoch"] >= cfg.patience)
                 decision = [{"stop": stop, "best": best}]
-            dist.broadcast_object_list(decision, src=0)
+            dist.broadcast_object_list(decision, src=head, group=pipe)
             best = decision[0]["best"]
-            if self.out is not None and cfg.checkpoint:
+            if writes:
                 self._save_stage(rule, groups, ctx, optimizers, schedules, epoch)
-                dist.barrier()  # every stage's part of this epoch is on disk
+                dist.barrier(group=pipe)  # every stage's part of this epoch is on disk
                 if rank == 0:
                     self._commit(*merged_save)
             if decision[0]["stop"]:
@@ -212,10 +254,14 @@ class StageTrainer:
                 break
 
         parts = [None] * world if rank == 0 else None
-        dist.gather_object(owned_state(rule, groups, ctx), parts, dst=0)
+        dist.gather_object(owned_state(rule, groups, ctx), parts, dst=head, group=pipe)
         busy = 1.0 - channel.wait_seconds / max(train_seconds, 1e-9)
+        updates = max(stage.updates_total, 1)
         stage_info = {"blocks": list(ctx.blocks), "peak_memory_bytes": None,
-                      "train_seconds": train_seconds, "busy_fraction": busy}
+                      "train_seconds": train_seconds, "busy_fraction": busy,
+                      "activation_bytes_per_step": channel.bytes_sent / updates,
+                      "gradient_bytes_per_step": (averager.bytes_reduced / updates
+                                                  if averager is not None else 0.0)}
         if cfg.measure_memory:
             # After the final parameters are gathered: a few more stage steps, in lock-step
             # on every rank, measured outside the timed loop. Only this stage's own
@@ -223,9 +269,11 @@ class StageTrainer:
             mem = self._measure_memory(rule, groups, ctx, stage, optimizers, dataset)
             stage_info.update(peak_memory_bytes=mem["peak_memory_bytes"], memory=mem)
         infos = [None] * world if rank == 0 else None
-        dist.gather_object(stage_info, infos, dst=0)
-        summary = self._finish(book, rule, dataset, parts, infos, history, best,
-                               stopped_early, train_seconds, samples_seen) if rank == 0 else None
+        dist.gather_object(stage_info, infos, dst=head, group=pipe)
+        summary = None
+        if rank == 0 and lead:
+            summary = self._finish(book, rule, dataset, parts, infos, history, best,
+                                   stopped_early, train_seconds, samples_seen)
         # Nobody tears the process group down while rank 0 still evaluates: a peer that
         # exits early can abort gloo's threads in the others ("terminate called ...").
         dist.barrier()
@@ -284,6 +332,7 @@ class StageTrainer:
     def _save_stage(self, rule, groups, ctx, optimizers, schedules, epoch: int) -> None:
         tensors, rests = state_tensors(owned_state(rule, groups, ctx), optimizers)
         meta = {"epoch": epoch, "stage": ctx.rank, "stages": ctx.world,
+                "replicas": self.run_info["replicas"],
                 "blocks": list(ctx.blocks), "optimizers": rests,
                 "schedules": [s.state_dict() if s else None for s in schedules],
                 "run_id": self.run_info.get("run_id")}
@@ -304,15 +353,16 @@ class StageTrainer:
                 raise UserError(f"checkpoint in {self.out} is damaged ({exc}); start again "
                                 f"with --overwrite") from None
             chosen = [main_meta]
-        dist.broadcast_object_list(chosen, src=0)
+        pipe, head = self.groups.pipeline, self.grid.pipeline_ranks(self.grid.replica)[0]
+        dist.broadcast_object_list(chosen, src=head, group=pipe)
         main_meta = chosen[0]
         epoch, run_id = int(main_meta["epoch"]), (main_meta.get("run") or {}).get("run_id")
         self.run_info["run_id"] = run_id
         stem = f"stage{rank}-e{epoch}"
         tensors, meta = load_checkpoint(self.out, stem=stem, fallback=False)
-        if meta.get("stages") != world:
-            raise UserError(f"{self.out} was trained with --stages {meta.get('stages')}; "
-                            f"resume with the same number of stages")
+        if (meta.get("stages"), meta.get("replicas", 1)) != (world, self.run_info["replicas"]):
+            raise UserError(f"{self.out} was trained with --stages {meta.get('stages')} "
+                            f"--replicas {meta.get('replicas', 1)}; resume with the same grid")
         if meta.get("run_id") != run_id or meta.get("epoch") != epoch:
             raise UserError(f"{self.out}: stage part {stem} belongs to another run or epoch "
                             f"than checkpoint.safetensors; start again with --overwrite")
@@ -329,16 +379,21 @@ class StageTrainer:
         best, history = main_meta["best"], main_meta["history"]
         if rank == 0:
             rule.load_extra_state(main_meta.get("rule_extra", {}))
-            rewrite_metrics(self.out / "metrics.jsonl", history)
+            if self.grid.replica == 0:
+                rewrite_metrics(self.out / "metrics.jsonl", history)
         return epoch + 1, best, history
 
 
 def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
               overwrite: bool, stages: int, staleness: int = 0,
-              timeout_s: float = 60.0, teardown: bool = True) -> dict[str, Any] | None:
-    """Run this process's stage (rank and world size from the environment).
+              timeout_s: float = 60.0, teardown: bool = True,
+              replicas: int | None = None) -> dict[str, Any] | None:
+    """Run this process's part of a ``stages`` x ``replicas`` grid (rank and world size
+    from the environment); replica 0's stage 0 returns the summary, the others None.
 
-    ``teardown=False`` leaves the process group alive for a process that exits at once.
+    Under ``torchrun --max-restarts`` a restarted process resumes from the run's last
+    checkpoint by itself. ``teardown=False`` leaves the process group alive for a
+    process that exits at once.
     """
     from locallearn.training.run import make_config
     from locallearn.training.spec import SPEC_KEYS, RunSpec
@@ -348,8 +403,8 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
         raise UserError("run_stage needs RANK and WORLD_SIZE (started by torchrun or the "
                         "locallearn launcher)")
     rank, world = ranks
-    if world != stages:
-        raise UserError(f"--stages {stages} but the launcher started {world} processes")
+    stages, replicas = resolve_grid(stages, replicas, world)
+    grid = Grid(stages, replicas, rank)
     s = {k: v for k, v in settings.items() if k not in SPEC_KEYS}
     config = make_config(settings["rule"], out=out, quiet=quiet, resume=resume,
                          overwrite=overwrite, **s)
@@ -357,14 +412,49 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
     run_info = spec.info()
     device = resolve_device(config.device)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":  # one process per GPU
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank))
+                              % torch.cuda.device_count())
     dist.init_process_group(backend, rank=rank, world_size=world,
                             timeout=timedelta(seconds=timeout_s))
     try:
+        if restarted():  # continue from the last checkpoint, or start again if none was written
+            found = [out is not None and has_checkpoint(Path(out))]
+            dist.broadcast_object_list(found, src=0)  # rank 0's folder decides
+            resume, overwrite = found[0], not found[0]
+            config = replace(config, resume=resume, overwrite=overwrite)
+            os.environ.pop(FAIL_STAGE_ENV, None)  # the tests' kill hook fires once, not again
+        groups = make_groups(grid)
         dataset, _, rule = spec.build()
-        return StageTrainer(config, run_info, stages, staleness).fit(rule, dataset)
+        check_replicable(dataset, config.batch_size, replicas)
+        if stages > 1:
+            summary = StageTrainer(config, run_info, stages, staleness, grid,
+                                   groups).fit(rule, dataset)
+        else:
+            averager = GradientAverager(groups.replica, replicas)
+            trainer = ReplicaTrainer(config, dict(run_info, stages=1, replicas=replicas),
+                                     grid, averager)
+            data = ShardedData(dataset, grid.replica, replicas, averager, fail_test_hook(rank))
+            summary = trainer.fit(rule, data)
+            # Nobody tears the group down while replica 0 still tests and writes.
+            dist.barrier()
+        return summary or None
     finally:
         if teardown:
             dist.destroy_process_group()
+
+
+def fail_test_hook(rank: int):
+    """The test hook of :data:`FAIL_STAGE_ENV` for loops that are not the stage loop."""
+    if int(os.environ.get(FAIL_STAGE_ENV, "-1")) != rank:
+        return None
+    after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
+    return lambda steps: os.kill(os.getpid(), 9) if steps == after else None
+
+
+def restarted() -> bool:
+    """Whether torchrun restarted this process after a failure (``--max-restarts``)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
 def main() -> NoReturn:
