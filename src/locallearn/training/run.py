@@ -147,6 +147,10 @@ def train(rule: str = "backprop", data: Any = "mnist5k", net: Any = "mlp:500,500
     if length is not None:
         config.epochs, run_info["epochs_default"] = length(config.epochs, dataset,
                                                            config.batch_size)
+    if getattr(dataset, "mean", None) is not None:  # registered data: standardised on load
+        run_info["normalisation"] = {"applied": True, "by": "locallearn",
+                                     "statistics_from": "training split",
+                                     "stored_with_model": "rebuilt from the run's config"}
     if hasattr(dataset, "graph_task"):
         run_info["task"] = dataset.graph_task
     trainer = Trainer(config, run_info)
