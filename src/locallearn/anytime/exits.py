@@ -63,7 +63,7 @@ class Anytime:
         self.rule = rule
         self.num_blocks = len(rule.network.blocks)
         self.readout_modules: list[nn.Module] | None = None
-        self._used = set(getattr(rule, "used_layers", range(self.num_blocks)))
+        self._used = set(rule.predicting_blocks())
         own = rule.cut_readout  # set on pruned models (see prune.py)
         if own is not None:
             self.mode, self.readout_modules = own.mode, own.readout_modules

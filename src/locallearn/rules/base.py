@@ -172,6 +172,11 @@ class Rule(nn.Module):
         """Block k's readout module for every block k, or None if some block has none."""
         return None
 
+    def predicting_blocks(self) -> list[int]:
+        """The blocks whose scores the rule's prediction sums (FF's ``skip_first`` leaves
+        block 0 out); early exit at block k averages those up to k. Default: every block."""
+        return list(range(len(self.network.blocks)))
+
     # How early exit turns a block's scores into a confidence: "softmax" (max probability)
     # or "goodness-margin" (difference of the top two sigmoid(goodness - threshold)).
     exit_confidence: ClassVar[str] = "softmax"

@@ -277,6 +277,9 @@ class GoodnessRule(BlockwiseRule):
     def readout_paths(self) -> tuple[str, ...]:
         return ("goodness",)
 
+    def predicting_blocks(self) -> list[int]:
+        return list(self.used_layers)
+
     def _negatives(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], Tensor]:
         """The neutral-label activities (for the readout, if it learns) and a wrong label
         per sample."""
