@@ -227,7 +227,8 @@ class StageTrainer:
                           "elapsed_train_seconds": train_seconds}
                 history.append(record)
                 book._log(record)
-                improved = val["accuracy"] > best["val_accuracy"]
+                # an empty validation split has no accuracy (None): no best epoch
+                improved = val["accuracy"] is not None and val["accuracy"] > best["val_accuracy"]
                 if improved:
                     best = {"val_accuracy": val["accuracy"], "epoch": epoch}
                 if writes:
