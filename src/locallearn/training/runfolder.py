@@ -29,7 +29,7 @@ LOCK_NAME = "locallearn.lock"
 RUN_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoint.safetensors",
              "checkpoint.json", "checkpoint.prev.safetensors", "best.safetensors", "best.json",
              "best.prev.safetensors")
-RUN_PATTERNS = ("stage*.safetensors", "stage*.json", "stage*.log", "*.tmp")
+RUN_PATTERNS = ("stage*.safetensors", "stage*.json", "*.tmp")  # stage logs: truncated by the launcher
 
 
 def project_files(out: Path) -> list[Path]:
