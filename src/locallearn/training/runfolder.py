@@ -29,7 +29,8 @@ LOCK_NAME = "locallearn.lock"
 RUN_FILES = ("summary.json", "metrics.jsonl", "config.json", "checkpoint.safetensors",
              "checkpoint.json", "checkpoint.prev.safetensors", "best.safetensors", "best.json",
              "best.prev.safetensors")
-RUN_PATTERNS = ("stage*.safetensors", "stage*.json", "*.tmp")  # stage logs: truncated by the launcher
+# Not stage*.log: the launcher opens (and truncates) them before rank 0 prepares the folder.
+RUN_PATTERNS = ("stage*.safetensors", "stage*.json", "*.tmp")
 
 
 def project_files(out: Path) -> list[Path]:
