@@ -48,16 +48,10 @@ class RawData:
     class_names: list[str] | None = None
 
 
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    val: Split
-    test: Split
+class TaskView:
+    """What every dataset (in memory, streamed, graph) answers from its :class:`Task`."""
+
     task: Task
-    mean: Tensor | None = None
-    std: Tensor | None = None
-    info: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -66,6 +60,18 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.task.input_shape
+
+
+@dataclass
+class Dataset(TaskView):
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    task: Task
+    mean: Tensor | None = None
+    std: Tensor | None = None
+    info: dict = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):

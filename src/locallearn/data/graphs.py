@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from locallearn.data import DATASETS
-from locallearn.data.base import IGNORE_INDEX, Task, fixed_permutation
+from locallearn.data.base import IGNORE_INDEX, Task, TaskView, fixed_permutation
 from locallearn.errors import UserError
 
 GRAPH_TASKS = ("node", "link")
@@ -123,7 +123,7 @@ def three_way(n: int, seed: int, val_fraction: float, test_fraction: float
 
 
 @dataclass
-class GraphDataset:
+class GraphDataset(TaskView):
     """One graph with node or link splits; see the module docstring for the batches."""
 
     name: str
@@ -175,14 +175,6 @@ class GraphDataset:
                          graph_task=self.graph_task)
 
     # -- Dataset surface ------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return self.task.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.task.input_shape
-
     @property
     def network_options(self) -> dict[str, Any]:
         """Options the network builder needs for this data (the GNN head)."""

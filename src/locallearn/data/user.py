@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data import Dataset as TorchDataset
 
-from locallearn.data.base import Split, Task, batches, fixed_permutation
+from locallearn.data.base import Split, Task, TaskView, batches, fixed_permutation
 from locallearn.errors import UserError
 
 KINDS = {2: "vector", 3: "signal", 4: "image"}
@@ -135,7 +135,7 @@ class StreamSplit:
             yield self.normaliser(torch.as_tensor(x)), torch.as_tensor(y).long()
 
 
-class UserData:
+class UserData(TaskView):
     """Train / val / test from the user (see the module docstring), Trainer-ready."""
 
     def __init__(self, train, val, test, task: Task, normaliser: Normaliser,
@@ -146,14 +146,6 @@ class UserData:
         self.normaliser = normaliser
         self.mean, self.std = normaliser.mean, normaliser.std
         self.info = {"sources": sources, "normalisation": normaliser.info}
-
-    @property
-    def num_classes(self) -> int:
-        return self.task.num_classes
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.task.input_shape
 
     def split(self, name: str):
         if name not in ("train", "val", "test"):
