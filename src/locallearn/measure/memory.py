@@ -39,6 +39,7 @@ Reported beside the peak:
 from __future__ import annotations
 
 import copy
+import os
 import resource
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -281,7 +282,10 @@ def measure_step_memory(step: Callable[[], Any], module: nn.Module, optimizers,
         if cuda:
             torch.cuda.synchronize(device)
             origin = torch.cuda.memory_allocated(device)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        with native_stderr_silenced():
+            prof.start()
+        try:
             for _ in range(steps):
                 if cuda:
                     torch.cuda.synchronize(device)
@@ -291,6 +295,9 @@ def measure_step_memory(step: Callable[[], Any], module: nn.Module, optimizers,
                 if cuda:
                     torch.cuda.synchronize(device)
                     cuda_peaks.append(torch.cuda.max_memory_allocated(device) - origin)
+        finally:
+            with native_stderr_silenced():
+                prof.stop()
     finally:
         _ACTIVE = False
     figures = step_figures(prof, device)
@@ -314,6 +321,26 @@ def measure_step_memory(step: Callable[[], Any], module: nn.Module, optimizers,
         "steps": steps,
         "peak_rss_bytes": peak_rss_bytes(),
     }
+
+
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Hide what torch's C++ profiler prints on file descriptor 2 when it starts and stops
+    ("USDT ... profiler_start"): noise on every training run's terminal. Python errors
+    still propagate as exceptions."""
+    sys.stderr.flush()
+    try:
+        saved_fd = os.dup(2)
+    except OSError:  # no usable stderr: nothing to hide
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
 
 
 @contextmanager
