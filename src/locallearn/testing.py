@@ -53,3 +53,30 @@ def assert_local(rule: Rule, x: Tensor, y: Tensor) -> None:
         others = [groups[j].name for j, hit in enumerate(row) if hit and j != k]
         assert not others, f"loss of {groups[k].name} reaches {others}"
         assert row[k], f"loss of {groups[k].name} does not reach its own parameters"
+
+
+def assert_backward_ignores_forward_weights(rule: Rule, x: Tensor, y: Tensor) -> None:
+    """Feedback-alignment-style rules: the backward pass must never read the forward
+    weights ``W`` of ``rule.layers``. Every ``W`` is overwritten with NaN between the
+    forward and the backward pass; the gradients must stay finite and unchanged."""
+
+    def grads(poison: bool) -> list[Tensor]:
+        rule.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # rules that draw feedback per batch draw the same one twice
+        loss = rule.losses(x, y)[0]
+        params = list(rule.network.parameters())
+        saved = [p.detach().clone() for p in params]
+        if poison:
+            with torch.no_grad():
+                for layer in rule.layers:
+                    layer.weight.fill_(float("nan"))
+        loss.backward()
+        out = [p.grad.clone() for p in params]
+        with torch.no_grad():
+            for p, s in zip(params, saved, strict=True):
+                p.copy_(s)
+        return out
+
+    for clean, poisoned in zip(grads(False), grads(True), strict=True):
+        assert torch.isfinite(poisoned).all(), "the backward pass read a forward weight (NaN)"
+        torch.testing.assert_close(clean, poisoned)
