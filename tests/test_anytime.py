@@ -22,21 +22,14 @@ from locallearn.anytime import (
 from locallearn.anytime.exits import block_table
 from locallearn.anytime.importance import skipped
 from locallearn.anytime.runs import held_out_metrics, save_model
-from locallearn.cli.main import main
 from locallearn.errors import UserError
 from locallearn.rules import RULES as RULES_REGISTRY
+from runhelpers import run_cli
 
 NET = "mlp:48,48,48"
 RULES = ("mono-forward", "ff")
 
 
-def run_cli(capsys, *argv: str):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

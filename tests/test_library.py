@@ -18,10 +18,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import locallearn as ll
-from locallearn.cli.main import main
 from locallearn.errors import UserError
 from locallearn.export import Predictor
 from locallearn.rules import RULES
+from runhelpers import run_cli
 
 RELOAD = r"""
 import json, sys, torch
@@ -54,13 +54,6 @@ def digits_tensors():
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def run_cli(capsys, *argv: str):
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_user_sequential_and_loader_export_reloads_without_locallearn(tmp_path):

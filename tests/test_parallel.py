@@ -8,38 +8,10 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from locallearn.parallel.stages import partition
 from locallearn.training.checkpoint import load_checkpoint
-
-ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
-        "--batch-size", "64", "--seed", "3", "--quiet"]
-
-
-def cli_env(*args, env=None, timeout=120):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "locallearn", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
-
-
-def rule_tensors(run_dir):
-    return {k: v for k, v in load_file(str(run_dir / "checkpoint.safetensors")).items()
-            if k.startswith("rule.")}
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    """Two runs' rule tensors are equal up to float rounding."""
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
-
-
-def train_ok(*args, out) -> dict:
-    """``locallearn train ARGS --out OUT`` must succeed; its summary."""
-    r = cli_env("train", *args, "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return json.loads((out / "summary.json").read_text())
+from runhelpers import ARGS, assert_same_weights, cli_env, rule_tensors, train_ok
 
 
 def exact_and_stale(tmp_path, args, stages: int, staleness: int) -> tuple[dict, dict]:

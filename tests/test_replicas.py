@@ -5,40 +5,22 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from locallearn.errors import UserError
 from locallearn.parallel.replicas import Grid, resolve_grid, shard, shard_bounds
 from locallearn.training.checkpoint import load_checkpoint
-
-# digits: 1294 training rows -> batches of 64 and a ragged last one of 14 (slices of 7).
-ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
-        "--batch-size", "64", "--seed", "3", "--quiet"]
+from runhelpers import ARGS, assert_same_weights, cli_env, rule_tensors, train_ok
 
 
 def cli(*args, env=None, timeout=180):
-    return subprocess.run([sys.executable, "-m", "locallearn", *args], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    return cli_env(*args, env=env, timeout=timeout)
 
 
-def train_ok(*args, out) -> dict:
-    r = cli("train", *args, "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    return json.loads((out / "summary.json").read_text())
-
-
-def rule_tensors(run_dir):
-    return {k: v for k, v in load_file(str(run_dir / "checkpoint.safetensors")).items()
-            if k.startswith("rule.")}
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+train_ok = partial(train_ok, timeout=180)
 
 
 # -- splitting ---------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Helpers for tests that run ``locallearn`` in subprocesses (stages, replicas) or in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from locallearn.cli.main import main
+
+# digits: 1294 training rows -> batches of 64 and a ragged last one of 14.
+ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
+        "--batch-size", "64", "--seed", "3", "--quiet"]
+
+
+def cli_env(*args, env=None, timeout=120):
+    """``python -m locallearn ARGS`` with ``env`` added to the environment."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "locallearn", *args], capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
+
+
+def train_ok(*args, out, timeout=120) -> dict:
+    """``locallearn train ARGS --out OUT`` must succeed; its summary."""
+    r = cli_env("train", *args, "--out", str(out), timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return json.loads((out / "summary.json").read_text())
+
+
+def rule_tensors(run_dir):
+    return {k: v for k, v in load_file(str(run_dir / "checkpoint.safetensors")).items()
+            if k.startswith("rule.")}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two runs' rule tensors are equal up to float rounding."""
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def run_cli(capsys, *argv: str):
+    """``locallearn ARGV`` in this process: exit code, stdout, stderr."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
