@@ -53,7 +53,7 @@ def test_label_is_appended_to_signals_not_written_over_them(net):
     rule.losses(x, torch.tensor([0, 2, 1, 2]))  # block 0 takes the widened input
     assert rule.predict(x).shape == (4, 3)
     fast = rule.label_goodness(x)
-    rule._first_layer_all_labels = lambda x: None
+    rule._first_layer_for_labels = lambda x: None
     for a, b in zip(fast, rule.label_goodness(x), strict=True):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -220,7 +220,7 @@ def test_all_labels_first_layer_shortcut_matches_one_pass_per_label(digits):
         rule = create_rule("ff", net, t)
         with torch.no_grad():
             fast = rule.label_goodness(x)
-            rule._first_layer_all_labels = lambda x: None  # force one pass per label
+            rule._first_layer_for_labels = lambda x: None  # force one pass per label
             slow = rule.label_goodness(x)
         for a, b in zip(fast, slow, strict=True):
             assert torch.allclose(a, b, atol=1e-5)
@@ -286,3 +286,51 @@ def test_refilled_input_buffer_gets_its_own_predictions(digits, predict):
             for mine, ref in zip(anytime.all_scores(buffer), fresh[name][2], strict=True):
                 torch.testing.assert_close(mine, ref)
     assert not torch.allclose(fresh["a"][0], fresh["b"][0])  # the batches differ
+
+
+@pytest.mark.parametrize("rule_name", ["ff", "symba", "cff", "ff-recurrent"])
+def test_label_pass_in_chunks_trains_the_same_weights(digits, rule_name):
+    """The every-label goodness pass (hard negatives, goodness prediction) run one label
+    at a time gives bit-for-bit the weights and scores of running all labels at once:
+    chunking cuts its memory, not its result."""
+    x, y = digits.train.x[:64], digits.train.y[:64]
+    rules = {}
+    for rows in (0, 1):
+        torch.manual_seed(0)
+        net = create_network("mlp:32,32", digits.input_shape, digits.num_classes)
+        rule = create_rule(rule_name, net, digits.task, label_pass_rows=rows,
+                           negatives="hardest")
+        if rows == 0:
+            initial = {k: v.clone() for k, v in rule.state_dict().items()}
+        opt = torch.optim.Adam([p for p in rule.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(6):
+            torch.manual_seed(step)
+            opt.zero_grad()
+            torch.stack(rule.losses(x, y)).sum().backward()
+            opt.step()
+        rules[rows] = rule
+    whole, chunked = rules[0], rules[1]
+    for (name, a), (_, b) in zip(whole.state_dict().items(), chunked.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    assert any(not torch.equal(a, initial[name]) for name, a in whole.state_dict().items())
+    with torch.no_grad():
+        test = digits.test.x[:100]
+        for a, b in zip(whole.label_goodness(test), chunked.label_goodness(test), strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(whole.predict(test), chunked.predict(test))
+
+
+@pytest.mark.parametrize("rows, most", [(0, 10 * 20), (45, 40), (1, 20), (1000, 10 * 20)])
+def test_label_pass_holds_at_most_its_row_budget(digits, rows, most):
+    """Every block of the label pass sees at most label_pass_rows rows (whole labels, at
+    least one label per chunk); every label is scored."""
+    net = create_network("mlp:16,16", digits.input_shape, digits.num_classes)
+    rule = create_rule("ff", net, digits.task, label_pass_rows=rows)
+    seen = []
+    for block in net.blocks[1:]:
+        block.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        scores = rule.label_goodness(digits.test.x[:20])
+    assert max(seen) == most and sum(seen) == len(net.blocks[1:]) * 10 * 20
+    assert all(s.shape == (20, 10) for s in scores)

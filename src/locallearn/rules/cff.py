@@ -44,7 +44,7 @@ from locallearn.data.base import Task
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule
+from locallearn.rules.ff_common import LABEL_PASS_ROWS, GoodnessRule
 
 
 @RULES.register("cff", help="Collaborative Forward-Forward: each layer's loss sees all layers' "
@@ -60,10 +60,11 @@ class CollaborativeForwardForward(GoodnessRule):
         self, network: Network, task: Task, gamma: float = 1.0,
         threshold: float = 2.0, goodness: str = "mean",
         negatives: str = "hardest", predict: str = "goodness", skip_first: bool = False,
-        label_scale: float = 5.0,
+        label_scale: float = 5.0, label_pass_rows: int = LABEL_PASS_ROWS,
     ) -> None:
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,
-                         predict=predict, skip_first=skip_first, label_scale=label_scale)
+                         predict=predict, skip_first=skip_first, label_scale=label_scale,
+                         label_pass_rows=label_pass_rows)
         self.gamma = gamma
 
     def layer_losses(self, g_pos: list[Tensor], g_neg: list[Tensor]) -> list[Tensor]:

@@ -15,7 +15,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +43,15 @@ def goodness(h: Tensor, kind: str = "mean") -> Tensor:
 
 
 NORM_EPS = 1e-8
+# Rows of the every-label goodness pass at once (see label_chunks).
+LABEL_PASS_ROWS = 1024
+
+
+def label_chunks(batch: int, classes: int, rows: int, device: torch.device) -> list[Tensor]:
+    """The labels 0..classes-1 in chunks of whole labels, each at most ``rows`` rows of
+    ``batch`` samples (at least one label per chunk); ``rows=0``: one chunk of all."""
+    per = classes if rows <= 0 else max(1, min(classes, rows // max(batch, 1)))
+    return list(torch.arange(classes, device=device).split(per))
 
 
 def wrong_labels(y: Tensor, num_classes: int, scores: Tensor | None = None) -> Tensor:
@@ -180,6 +189,9 @@ class GoodnessRule(BlockwiseRule):
                choices=PREDICT),
         Option("skip_first", bool, "leave the first layer out of prediction"),
         Option("label_scale", float, "size of the label written into the input"),
+        Option("label_pass_rows", int, "most rows the every-label goodness pass (hard "
+               "negatives, goodness prediction) runs at once, in whole labels; 0: all at once",
+               low=0),
     )
 
     def __init__(
@@ -192,9 +204,11 @@ class GoodnessRule(BlockwiseRule):
         predict: str = "readout",
         skip_first: bool = False,
         label_scale: float = 5.0,
+        label_pass_rows: int = LABEL_PASS_ROWS,
     ) -> None:
         super().__init__(network, task)
         self.threshold = threshold
+        self.label_pass_rows = label_pass_rows
         self.goodness_kind = goodness
         self.negatives = negatives
         self.predict_with = predict
@@ -354,14 +368,27 @@ class GoodnessRule(BlockwiseRule):
     def label_goodness(self, x: Tensor) -> list[Tensor]:
         """Goodness of every layer for every candidate label: list of (batch, classes).
 
-        All labels go through the network as one batch of ``classes * batch`` rows.
+        The labels go through the network in chunks of whole labels, at most
+        ``label_pass_rows`` rows (``classes * batch`` rows would hold ten times a training
+        pass's activations at once); every row is computed alone, so the scores are the
+        same with any chunk size.
         """
-        n, c = x.shape[0], self.task.num_classes
-        h = self._first_layer_all_labels(x)
-        if h is None:  # general block 0: one pass per label
-            labels = torch.arange(c, device=x.device).repeat_interleave(n)
+        first = self._first_layer_for_labels(x)
+        parts = [self._label_goodness_chunk(x, labels, first)
+                 for labels in label_chunks(x.shape[0], self.task.num_classes,
+                                            self.label_pass_rows, x.device)]
+        return [torch.cat(per_layer, 1) for per_layer in zip(*parts, strict=True)]
+
+    def _label_goodness_chunk(self, x: Tensor, labels: Tensor,
+                              first: Callable[[Tensor], Tensor] | None) -> list[Tensor]:
+        """Per layer, (batch, len(labels)) goodness of ``labels``; rows label-major."""
+        n, c = x.shape[0], len(labels)
+        if first is not None:
+            h = first(labels)
+        else:  # general block 0: the batch once per label
             h = self.network.blocks[0](self.block_input(
-                0, self.embed(x.repeat(c, *([1] * (x.dim() - 1))), labels)))
+                0, self.embed(x.repeat(c, *([1] * (x.dim() - 1))),
+                              labels.repeat_interleave(n))))
         # Mean goodness is the mean square that RMS normalisation divides by: compute it
         # once per layer (this pass runs on classes x batch rows, so it is worth it).
         shared = (self.goodness_kind == "mean"
@@ -373,13 +400,16 @@ class GoodnessRule(BlockwiseRule):
                 inp = (h.flatten(1) / g.add(NORM_EPS).sqrt().unsqueeze(1)).view_as(h)
             else:
                 inp = self.block_input(k, h)
+            del h  # one layer's rows fewer alive while the next block runs
             h = block(inp.detach())
+            del inp
             g = self.layer_goodness(k, h)
             scores.append(g.view(c, n).t())
         return scores
 
-    def _first_layer_all_labels(self, x: Tensor) -> Tensor | None:
-        """Block 0's output for every label, rows label-major, with one matmul instead of c.
+    def _first_layer_for_labels(self, x: Tensor) -> Callable[[Tensor], Tensor] | None:
+        """A map from labels to block 0's output for each of them, rows label-major, with
+        one matmul for all labels instead of one per label.
 
         When block 0 is (Flatten,) Linear, then elementwise activations, the label only
         changes ``label_scale`` in one input column, and the normalised input's length is
@@ -404,11 +434,16 @@ class GoodnessRule(BlockwiseRule):
         first = self.embed.label_column(0, linear.in_features)
         w = linear.weight[:, first:first + c]                    # (out, c)
         shift = (w - w[:, :1]).t()                               # (c, out)
-        pre = base.unsqueeze(0) + (self.embed.scale / r).unsqueeze(0) * shift.unsqueeze(1)
-        h = pre.reshape(c * n, -1)
-        for m in mods[i + 1:]:
-            h = m(h)
-        return h
+        step = (self.embed.scale / r).unsqueeze(0)               # (1, n, 1)
+
+        def output(labels: Tensor) -> Tensor:
+            h = (base.unsqueeze(0) + step * shift[labels].unsqueeze(1)).reshape(
+                len(labels) * n, -1)
+            for m in mods[i + 1:]:
+                h = m(h)
+            return h
+
+        return output
 
     def accumulate(self, per_layer: list[Tensor]) -> Tensor:
         """Goodness summed over the layers used for prediction."""

@@ -63,7 +63,14 @@ from locallearn.options import Option
 from locallearn.rules import RULES
 from locallearn.rules._norm import rms_normalise
 from locallearn.rules.base import ParamGroup, Rule
-from locallearn.rules.ff_common import ELEMENTWISE, NORM_EPS, goodness, wrong_labels
+from locallearn.rules.ff_common import (
+    ELEMENTWISE,
+    LABEL_PASS_ROWS,
+    NORM_EPS,
+    goodness,
+    label_chunks,
+    wrong_labels,
+)
 
 
 def split_mlp_block(block: nn.Module) -> tuple[nn.Linear, nn.Sequential] | None:
@@ -95,17 +102,20 @@ class RecurrentForwardForward(Rule):
         Option("label_scale", float, "size of the one-hot label clamped at the top", above=0),
         Option("negatives", str, "wrong labels: random, or the best-scoring wrong one",
                choices=("random", "hardest")),
+        Option("label_pass_rows", int, "most rows the every-label goodness pass (hard "
+               "negatives, prediction) runs at once, in whole labels; 0: all at once", low=0),
     )
 
     def __init__(self, network: Network, task: Task, steps: int = 4, damping: float = 0.3,
                  score_from: int = 2, threshold: float = 2.0, label_scale: float = 5.0,
-                 negatives: str = "hardest") -> None:
+                 negatives: str = "hardest", label_pass_rows: int = LABEL_PASS_ROWS) -> None:
         super().__init__(network, task)
         if score_from > steps:
             raise UserError(f"rule {self.name!r} needs score_from <= steps; got steps={steps}, "
                             f"score_from={score_from}")
         self.damping, self.threshold, self.label_scale = damping, threshold, label_scale
         self.steps, self.score_from, self.negatives = steps, score_from, negatives
+        self.label_pass_rows = label_pass_rows
         parts = [split_mlp_block(b) for b in network.blocks]
         if any(p is None for p in parts):
             raise UserError(f"rule {self.name!r} needs an mlp network (each block a Linear and "
@@ -191,13 +201,20 @@ class RecurrentForwardForward(Rule):
     # -- inference -----------------------------------------------------------
     def label_goodness(self, x: Tensor) -> list[Tensor]:
         """Per layer, goodness summed over steps score_from..steps, for every candidate
-        label: list of (batch, classes). All labels run as one batch of classes x batch."""
-        n, c = x.shape[0], self.task.num_classes
-        labels = torch.arange(c, device=x.device).repeat_interleave(n)
-        history = self.run(x.repeat(c, *([1] * (x.dim() - 1))), self.label_input(labels, c * n, x))
-        scored = history[self.score_from - 1:]
-        return [torch.stack([goodness(s[k]) for s in scored]).sum(0).view(c, n).t()
-                for k in range(len(self.linears))]
+        label: list of (batch, classes). The labels run in chunks of whole labels of at
+        most ``label_pass_rows`` rows (each chunk's pass keeps every step's states); rows
+        are computed alone, so the chunk size changes no score."""
+        n = x.shape[0]
+        parts = []
+        for labels in label_chunks(n, self.task.num_classes, self.label_pass_rows, x.device):
+            c = len(labels)
+            history = self.run(x.repeat(c, *([1] * (x.dim() - 1))),
+                               self.label_input(labels.repeat_interleave(n), c * n, x))
+            scored = history[self.score_from - 1:]
+            parts.append([torch.stack([goodness(s[k]) for s in scored]).sum(0).view(c, n).t()
+                          for k in range(len(self.linears))])
+            del history, scored
+        return [torch.cat(per_layer, 1) for per_layer in zip(*parts, strict=True)]
 
     def predict(self, x: Tensor) -> Tensor:
         return torch.stack(self.label_goodness(x)).sum(0)

@@ -30,7 +30,7 @@ from locallearn.data.base import Task
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules.ff_common import GoodnessRule
+from locallearn.rules.ff_common import LABEL_PASS_ROWS, GoodnessRule
 
 
 @RULES.register("symba", help="SymBa: Forward-Forward with a symmetric loss on the goodness gap")
@@ -43,10 +43,11 @@ class SymBa(GoodnessRule):
         self, network: Network, task: Task, alpha: float = 10.0,
         threshold: float = 2.0, goodness: str = "mean",
         negatives: str = "hardest", predict: str = "readout", skip_first: bool = False,
-        label_scale: float = 5.0,
+        label_scale: float = 5.0, label_pass_rows: int = LABEL_PASS_ROWS,
     ) -> None:
         super().__init__(network, task, threshold=threshold, goodness=goodness, negatives=negatives,
-                         predict=predict, skip_first=skip_first, label_scale=label_scale)
+                         predict=predict, skip_first=skip_first, label_scale=label_scale,
+                         label_pass_rows=label_pass_rows)
         self.alpha = alpha
 
     def pair_loss(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
