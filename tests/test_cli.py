@@ -38,6 +38,18 @@ def test_python_m_locallearn_list(cli):
         assert word in r.stdout
 
 
+def test_list_one_network_or_dataset_with_its_options(capsys):
+    code, out, _ = run(capsys, "list", "nets", "mlp")
+    assert code == 0 and out.splitlines()[0] == "networks:"
+    assert "  mlp " in out and "  cnn " not in out
+    assert any(line.split()[:4] == ["bias", "bool", "default", "true"]
+               for line in out.splitlines())
+    code, out, _ = run(capsys, "list", "data", "csbm")
+    assert code == 0 and "    homophily " in out and "[a float between 0 and 1]" in out
+    code, _, err = run(capsys, "list", "networks", "resnet")
+    assert code == 2 and err.count("\n") == 1 and "unknown network 'resnet'" in err
+
+
 def test_bad_input_in_a_real_process_is_one_line(cli, tmp_path):
     r = cli("train", "--rule", "backprob", "--data", "digits", "--out", str(tmp_path / "x"))
     assert r.returncode == 2
@@ -215,6 +227,10 @@ BAD_INPUT = {
     "bad --set form": (["--set", "epochs"], "key=value"),
     "unknown setting": (["--set", "epoch=3"], "unknown training option 'epoch'"),
     "unknown rule option": (["--set", "rule.momentum=3"], "has no option 'momentum'"),
+    "bad net option": (["--set", "net.activation_name=swish"], "activation_name must be one of"),
+    "unknown net option": (["--set", "net.depth=3"], "network 'mlp' has no option 'depth'"),
+    "bad data option": (["--set", "data.val_fraction=-0.1"], "val_fraction must be a float >= 0"),
+    "graph data, mlp": (["--data", "karate"], "needs a network with option 'task'"),
     "missing config": (["--config", "{tmp}/absent.yaml"], "absent.yaml not found"),
     "bad device": (["--device", "tpu"], "unknown device 'tpu'"),
     "resume without run": (["--resume", "--out", "{tmp}/empty"], "cannot resume"),

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from locallearn.cli.main import main
-from locallearn.data import load_dataset
+from locallearn.data import DATASETS, dataset_options, load_dataset
 from locallearn.errors import UserError
-from locallearn.networks import create_network
+from locallearn.networks import NETWORKS, create_network, network_options
 from locallearn.options import NO_DEFAULT, declared_options
 from locallearn.parallel.stages import StageContext, check_stageable, make_stage
 from locallearn.rules import RULES, create_rule
@@ -110,6 +110,49 @@ def test_options_are_declared_and_listed(name, capsys):
         create_rule(name, None, None, no_such_option=1)
 
 
+@pytest.mark.parametrize("kind,name", [("datasets", n) for n in DATASETS.names()]
+                         + [("networks", n) for n in NETWORKS.names()])
+def test_builder_options_are_declared_and_listed(kind, name, capsys):
+    """Every keyword option of a dataset or network builder is declared with a help and
+    a valid default, and `locallearn list datasets|networks NAME` prints it."""
+    registry, options_of, skip = {
+        "datasets": (DATASETS, dataset_options, ("seed", "data_dir", "argument")),
+        "networks": (NETWORKS, network_options, ("argument", "input_shape", "num_classes")),
+    }[kind]
+    params = [p.name for p in inspect.signature(registry.get(name)).parameters.values()
+              if p.name not in skip]
+    declared = {o.name for o in getattr(registry.get(name), "options", ())}
+    assert set(params) == declared, "every option declared, nothing declared that is not one"
+    assert main(["list", kind, name]) == 0
+    listed = capsys.readouterr().out
+    for o in options_of(name):
+        assert o.help and o.default is not NO_DEFAULT, o.name
+        assert o.check(name, o.default) == o.default  # the default is allowed
+        assert f"    {o.name} " in listed
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: create_network("mlp:4", (1, 8, 8), 10, activation_name="swish"),
+     "mlp activation_name must be one of relu"),
+    (lambda: create_network("cnn:4", (1, 8, 8), 10, kernel_size=0),
+     "cnn kernel_size must be a positive integer, got 0"),
+    (lambda: create_network("gcn:4", (6,), 3, task="graph"), "gcn task must be one of node"),
+    (lambda: create_network("mlp:4", (1, 8, 8), 10, widths=3),
+     "network 'mlp' has no option 'widths'; its options: activation_name, bias"),
+    (lambda: load_dataset("digits", val_fraction=1.0), "digits val_fraction must be a float"),
+    (lambda: load_dataset("digits", val_fraction="abc"), "digits val_fraction must be a float"),
+    (lambda: load_dataset("csbm", homophily=1.5), "csbm homophily must be a float between 0 "
+                                                   "and 1, got 1.5"),
+    (lambda: load_dataset("csbm", nodes=10.5), "csbm nodes must be an int, got 10.5"),
+    (lambda: load_dataset("digits", shuffle=True), "dataset 'digits' has no option 'shuffle'"),
+    (lambda: load_dataset("csv:x.csv", val_fraction=0.9), "leaves no training data"),
+])
+def test_bad_builder_options_are_one_line(call, message):
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("name", RULES.names())
 def test_declared_streaming_gives_the_same_losses(name, data):
     rule, x, y = build(name, data)
@@ -182,5 +225,10 @@ def test_list_options_prints_every_rule_with_typed_defaults(capsys):
         for o in declared_options(RULES.get(name)):
             assert any(line.startswith(f"    {o.name} ") and o.type_name() in line
                        and "default " in line for line in out.splitlines()), o.name
-    assert "options: val_fraction=0.1" in out  # dataset builders' keywords too
+    for name in DATASETS.names():  # dataset and network builders' declarations too
+        assert f"  {name} " in out, name
+    assert any(line.startswith("    val_fraction ") and "default 0.1 " in line
+               for line in out.splitlines())
+    assert any(line.startswith("    activation_name ") and "[relu, gelu" in line
+               for line in out.splitlines())
     assert main(["list", "rules", "no-such-rule"]) == 2

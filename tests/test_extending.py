@@ -23,5 +23,6 @@ def test_extending_guide_examples_run(monkeypatch, tmp_path, capsys):
         exec(compile(code, f"{GUIDE.name}[block {i}]", "exec"), namespace)
     out = capsys.readouterr().out
     assert "label_smoothing must be a float between 0 and 1, got 2" in out
+    assert "tower bias must be true or false, got 'no'" in out
     assert {"readout-ce", "tower", "rings"} <= set(RULES.names()) | set(NETWORKS.names()) \
         | set(DATASETS.names())

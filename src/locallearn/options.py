@@ -1,28 +1,36 @@
 """Declared, typed options: one declaration per option, one validator, one error format.
 
-A rule (or another registered builder) declares its options once::
+A rule declares its options once, as a class attribute::
 
     options = (
         Option("gamma", float, "weight of the other layers' goodness", low=0),
         Option("negatives", str, "how wrong labels are picked", choices=("random", "hardest")),
     )
 
-The default is the one in the constructor's signature (so it is written once, where
-the code uses it). :func:`validate` checks a dict of values against the declarations
-and raises a one-line :class:`~locallearn.errors.UserError`; ``locallearn list --options``
-prints the declarations.
+and a network or dataset builder (a function) with :func:`declare`::
+
+    @NETWORKS.register("cnn", help="...")
+    @declare(Option("kernel_size", int, "side of the convolution kernels", low=1))
+    def cnn(argument, input_shape, num_classes, kernel_size: int = 3): ...
+
+The default is the one in the signature (so it is written once, where the code uses
+it). :func:`validate` checks a dict of values against the declarations and raises a
+one-line :class:`~locallearn.errors.UserError`; ``locallearn list --options`` prints
+the declarations.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from locallearn.errors import UserError
 
 NO_DEFAULT = inspect.Parameter.empty
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,8 @@ class Option:
     ``type`` is ``int``, ``float``, ``bool`` or ``str``, or a tuple of them (e.g.
     ``(bool, str)`` with ``choices=(True, False, "auto")``). An int is accepted for a
     float, and a float with an integer value for an int. ``low``/``high`` bound a number
-    (inclusive), ``above`` from below (exclusive). ``nullable`` allows None. ``parse``
+    (inclusive), ``above`` from below and ``below`` from above (exclusive). NaN is never
+    accepted for a number. ``nullable`` allows None. ``parse``
     maps an accepted spelling to the canonical value before the checks (e.g. case).
     """
 
@@ -43,6 +52,7 @@ class Option:
     low: float | None = None
     high: float | None = None
     above: float | None = None
+    below: float | None = None
     nullable: bool = False
     parse: Callable[[Any], Any] | None = None
     default: Any = NO_DEFAULT  # from the constructor's signature (see declared_options)
@@ -59,7 +69,7 @@ class Option:
         """The allowed values in words (choices, or the type and its bounds)."""
         if self.choices is not None:
             return "one of " + ", ".join(_show(c) for c in self.choices)
-        words = " or ".join(_ARTICLE[k] for k in self.kinds)
+        words = " or ".join(_article(k) for k in self.kinds)
         if self.kinds == (int,) and self.low == 1 and self.high is None:
             return "a positive integer"
         if self.above == 0 and len(self.kinds) == 1:
@@ -72,6 +82,8 @@ class Option:
             words += f" >= {_show(self.low)}"
         elif self.high is not None:
             words += f" <= {_show(self.high)}"
+        if self.below is not None:
+            words += f"{' and' if self.low is not None else ''} < {_show(self.below)}"
         return words
 
     def check(self, owner: str, value: Any) -> Any:
@@ -91,17 +103,23 @@ class Option:
                 break
         else:
             raise UserError(f"{owner} {self.name} must be "
-                            f"{' or '.join(_ARTICLE[k] for k in self.kinds)}, got {value!r}")
+                            f"{' or '.join(_article(k) for k in self.kinds)}, got {value!r}")
         if isinstance(converted, (int, float)) and not isinstance(converted, bool):
-            if ((self.low is not None and converted < self.low)
+            if (math.isnan(converted)
+                    or (self.low is not None and converted < self.low)
                     or (self.high is not None and converted > self.high)
-                    or (self.above is not None and not converted > self.above)):
+                    or (self.above is not None and not converted > self.above)
+                    or (self.below is not None and not converted < self.below)):
                 raise UserError(f"{owner} {self.name} must be {self.describe()}, got {value!r}")
         return converted
 
 
 _ARTICLE = {int: "an int", float: "a float", bool: "true or false", str: "a string"}
 _REJECT = object()
+
+
+def _article(kind: type) -> str:
+    return _ARTICLE.get(kind, f"a {kind.__name__}" if kind is not object else "any value")
 
 
 def _convert(value: Any, kind: type) -> Any:
@@ -148,6 +166,30 @@ def declared_options(cls: type) -> tuple[Option, ...]:
     return tuple(replace(o, default=defaults.get(o.name, NO_DEFAULT)) for o in found.values())
 
 
+def declare(*declared: Option) -> Callable[[F], F]:
+    """Attach option declarations to a builder function (see the module docstring)."""
+    def decorator(fn: F) -> F:
+        fn.options = declared  # type: ignore[attr-defined]
+        return fn
+
+    return decorator
+
+
+def builder_options(builder: Callable[..., Any], skip: Iterable[str] = ()) -> tuple[Option, ...]:
+    """A builder function's options: the ones it declares (:func:`declare`), then an undeclared
+    keyword parameter (a builder from outside the package) typed by its default, all
+    with the signature's defaults. ``skip``: parameters that are not options (``seed``)."""
+    params = {p.name: p for p in inspect.signature(builder).parameters.values()
+              if p.name not in set(skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    found = {o.name: o for o in getattr(builder, "options", ())}
+    for name, p in params.items():
+        if name not in found and p.default is not p.empty:
+            kind = type(p.default) if isinstance(p.default, (bool, int, float, str)) else object
+            found[name] = Option(name, kind, "", nullable=p.default is None)
+    return tuple(replace(o, default=params[o.name].default if o.name in params else NO_DEFAULT)
+                 for o in found.values())
+
+
 def validate(kind: str, name: str, declared: Iterable[Option],
              values: dict[str, Any]) -> dict[str, Any]:
     """``values`` checked and converted against ``declared``; a one-line UserError on the
@@ -167,7 +209,7 @@ def format_options(declared: Iterable[Option], indent: str = "    ") -> list[str
     lines = []
     for o in declared:
         default = "required" if o.default is NO_DEFAULT else _show(o.default)
-        bounded = o.low is not None or o.high is not None or o.above is not None
+        bounded = any(b is not None for b in (o.low, o.high, o.above, o.below))
         allowed = (f" [{', '.join(_show(c) for c in o.choices)}]" if o.choices
                    else f" [{o.describe()}]" if bounded else "")
         lines.append(f"{indent}{o.name:<16} {o.type_name():<12} default {default:<9}"

@@ -9,10 +9,18 @@ import torch
 from torch import Tensor
 
 from locallearn.errors import UserError
+from locallearn.options import Option
 
 # Targets equal to IGNORE_INDEX are left out of losses and metrics (e.g. graph
 # nodes outside the current split).
 IGNORE_INDEX = -100
+
+# Options most builders share (declared with locallearn.options.declare; the defaults
+# are the builders' own).
+VAL_FRACTION = Option("val_fraction", float, "share of the training data held out for "
+                      "validation", low=0, below=1)
+TEST_FRACTION = Option("test_fraction", float, "share held out for testing when the data "
+                       "has no test part", low=0, below=1)
 
 
 @dataclass

@@ -30,9 +30,12 @@ import torch
 
 from locallearn.data import DATASETS
 from locallearn.data.augment import crop_flip
-from locallearn.data.base import Dataset, RawData, split_and_normalise
+from locallearn.data.base import VAL_FRACTION, Dataset, RawData, split_and_normalise
 from locallearn.data.safe_pickle import NUMPY, safe_load
 from locallearn.errors import UserError
+from locallearn.options import Option, declare
+
+AUGMENT = Option("augment", bool, "random crop and horizontal flip of training images")
 
 DEFAULT_DATA_DIR = "data"
 
@@ -135,12 +138,14 @@ def load_idx_dataset(dataset: str, names: tuple[str, ...], data_dir, seed: int,
 
 
 @DATASETS.register("mnist", help="MNIST 60,000 / 10,000 from the IDX files in --data-dir")
+@declare(VAL_FRACTION)
 def mnist(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
     return load_idx_dataset("mnist", ("mnist", "MNIST"), data_dir, seed, val_fraction)
 
 
 @DATASETS.register("fashion-mnist",
                    help="Fashion-MNIST 60,000 / 10,000 from the IDX files in --data-dir")
+@declare(VAL_FRACTION)
 def fashion_mnist(seed: int = 0, data_dir=None, val_fraction: float = 0.1) -> Dataset:
     names = ("fashion-mnist", "fashion_mnist", "FashionMNIST")
     return load_idx_dataset("fashion-mnist", names, data_dir, seed, val_fraction)
@@ -232,6 +237,7 @@ def load_cifar(dataset: str, data_dir, seed: int, val_fraction: float,
 
 @DATASETS.register("cifar10", help="CIFAR-10 50,000 / 10,000 from the python batches in --data-dir "
                                    "(augment=true: random crop + flip)")
+@declare(VAL_FRACTION, AUGMENT)
 def cifar10(seed: int = 0, data_dir=None, val_fraction: float = 0.1,
             augment: bool = False) -> Dataset:
     return load_cifar("cifar10", data_dir, seed, val_fraction, augment)
@@ -239,6 +245,7 @@ def cifar10(seed: int = 0, data_dir=None, val_fraction: float = 0.1,
 
 @DATASETS.register("cifar100",
                    help="CIFAR-100 (fine labels) 50,000 / 10,000 from python files in --data-dir")
+@declare(VAL_FRACTION, AUGMENT)
 def cifar100(seed: int = 0, data_dir=None, val_fraction: float = 0.1,
              augment: bool = False) -> Dataset:
     return load_cifar("cifar100", data_dir, seed, val_fraction, augment)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,22 @@ import torch
 from torch import Tensor
 
 from locallearn.data import DATASETS
-from locallearn.data.base import IGNORE_INDEX, Task, TaskView, fixed_permutation
+from locallearn.data.base import (
+    IGNORE_INDEX,
+    TEST_FRACTION,
+    VAL_FRACTION,
+    Task,
+    TaskView,
+    fixed_permutation,
+)
 from locallearn.errors import UserError
+from locallearn.options import Option, declare
 
 GRAPH_TASKS = ("node", "link")
 HITS_AT = (10, 50)
+GRAPH_TASK = Option("task", str, "predict node classes or held-out links", choices=GRAPH_TASKS)
+GRAPH_VAL_FRACTION = replace(VAL_FRACTION, help="share of the nodes (or links) held out for "
+                             "validation")
 
 
 def check_graph(name: str, x: Tensor, edge_index: Tensor, y: Tensor | None) -> None:
@@ -308,6 +319,15 @@ def csbm_graph(nodes: int, classes: int, avg_degree: float, homophily: float, sn
 
 @DATASETS.register("csbm", help="contextual stochastic block model (set nodes, classes, "
                    "avg_degree, homophily, snr, features, task)")
+@declare(Option("nodes", int, "number of nodes", low=2),
+         Option("classes", int, "number of blocks (classes)", low=2),
+         Option("avg_degree", float, "mean number of neighbours", above=0),
+         Option("homophily", float, "share of edges inside a block", low=0, high=1),
+         Option("snr", float, "distance of the class means in feature space", low=0),
+         Option("features", int, "node feature dimension", low=1),
+         Option("graph_seed", int, "seed of the graph itself (runs' seeds vary split and init)",
+                low=0),
+         GRAPH_TASK, GRAPH_VAL_FRACTION, TEST_FRACTION)
 def csbm(seed: int = 0, data_dir=None, nodes: int = 1000, classes: int = 4,
          avg_degree: float = 10.0, homophily: float = 0.8, snr: float = 1.0, features: int = 32,
          graph_seed: int = 0, task: str = "node", val_fraction: float = 0.16,
@@ -323,6 +343,7 @@ def csbm(seed: int = 0, data_dir=None, nodes: int = 1000, classes: int = 4,
 
 
 @DATASETS.register("karate", help="Zachary's karate club (networkx): 34 nodes, 2 clubs")
+@declare(GRAPH_TASK, GRAPH_VAL_FRACTION, TEST_FRACTION)
 def karate(seed: int = 0, data_dir=None, task: str = "node", val_fraction: float = 0.16,
            test_fraction: float = 0.2) -> GraphDataset:
     import networkx as nx
@@ -360,6 +381,7 @@ PLANETOID_PARTS = ("x", "tx", "allx", "y", "ty", "ally", "graph", "test.index")
 
 @DATASETS.register("planetoid", help="planetoid:cora|citeseer|pubmed from the raw ind.* files "
                    "under --data-dir")
+@declare(GRAPH_TASK, GRAPH_VAL_FRACTION, TEST_FRACTION)
 def planetoid(seed: int = 0, data_dir=None, argument: str = "cora", task: str = "node",
               val_fraction: float = 0.16, test_fraction: float = 0.2) -> GraphDataset:
     key = argument.lower()
@@ -465,6 +487,7 @@ def read_npz_graph(name: str, path: Path) -> tuple[Tensor, Tensor, Tensor]:
 
 @DATASETS.register("citationfull", help="citationfull:cora_ml|citeseer|pubmed from NAME.npz "
                    "under --data-dir")
+@declare(GRAPH_TASK, GRAPH_VAL_FRACTION, TEST_FRACTION)
 def citationfull(seed: int = 0, data_dir=None, argument: str = "cora_ml", task: str = "node",
                  val_fraction: float = 0.16, test_fraction: float = 0.2) -> GraphDataset:
     key = CITATION_FULL.get(argument.lower())
@@ -480,6 +503,7 @@ def citationfull(seed: int = 0, data_dir=None, argument: str = "cora_ml", task: 
 
 @DATASETS.register("amazon-photo", help="Amazon-Photo co-purchase graph from "
                    "amazon_electronics_photo.npz under --data-dir")
+@declare(GRAPH_TASK, GRAPH_VAL_FRACTION, TEST_FRACTION)
 def amazon_photo(seed: int = 0, data_dir=None, task: str = "node", val_fraction: float = 0.16,
                  test_fraction: float = 0.2) -> GraphDataset:
     name = "amazon-photo"

@@ -19,8 +19,15 @@ import numpy as np
 import torch
 
 from locallearn.data import DATASETS
-from locallearn.data.base import Dataset, RawData, split_and_normalise
+from locallearn.data.base import (
+    TEST_FRACTION,
+    VAL_FRACTION,
+    Dataset,
+    RawData,
+    split_and_normalise,
+)
 from locallearn.errors import UserError
+from locallearn.options import Option, declare
 
 
 def _is_number(cell: str) -> bool:
@@ -117,6 +124,8 @@ def encode_labels(labels: list[str]) -> tuple[np.ndarray, list[str]]:
 
 
 @DATASETS.register("csv", help="csv:PATH your own table; label column by --label-column or last")
+@declare(Option("label_column", (int, str), "the label column by name or 0-based index "
+                "(None: the last)", nullable=True), VAL_FRACTION, TEST_FRACTION)
 def csv_table(seed: int = 0, data_dir=None, argument: str = "", label_column=None,
               val_fraction: float = 0.1, test_fraction: float = 0.2) -> Dataset:
     if not argument:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import sysconfig
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from locallearn.data import DATASETS
-from locallearn.data.base import Dataset, Split, Task
+from locallearn.data.base import VAL_FRACTION, Dataset, Split, Task
 from locallearn.errors import UserError
+from locallearn.options import Option, declare
 
 # Printable ASCII plus newline and tab; id 0 stands for any other character.
 VOCAB = ["<unk>", "\n", "\t"] + [chr(c) for c in range(32, 127)]
@@ -84,6 +85,11 @@ class TextDataset(Dataset):
 
 @DATASETS.register("stdlib-text",
                    help="characters of the Python stdlib's own source; next-character prediction")
+@declare(Option("context", int, "characters per example", low=2),
+         Option("max_chars", int, "training characters read (validation and test: a tenth "
+                "each)", low=20),
+         replace(VAL_FRACTION, nullable=True, help="ignored (accepted like other "
+                 "datasets'): validation text is every tenth stdlib file"))
 def stdlib_text(seed: int = 0, data_dir=None, context: int = 64, max_chars: int = 1_000_000,
                 val_fraction: float | None = None) -> TextDataset:
     if context < 2 or max_chars < 10 * context:

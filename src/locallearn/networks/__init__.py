@@ -2,7 +2,9 @@
 
 ``create_network("mlp:500,500", input_shape=(1, 28, 28), num_classes=10)``.
 Builders register under the spec's family name; the part after ``:`` is
-passed to the builder as ``argument``.
+passed to the builder as ``argument``. Keyword options (``--set net.X=...``) are
+declared with :func:`locallearn.options.declare` and checked by the one validator
+of :mod:`locallearn.options` before the builder runs.
 """
 
 from __future__ import annotations
@@ -14,9 +16,17 @@ from torch import nn
 
 from locallearn.errors import UserError
 from locallearn.networks.network import BlackBox, Block, Network
+from locallearn.options import Option, builder_options, validate
 from locallearn.registry import Registry, import_submodules
 
 NETWORKS: Registry = Registry("network")
+# A builder's parameters that come from the spec and the data, not from options.
+BUILDER_ARGUMENTS = ("argument", "input_shape", "num_classes")
+
+
+def network_options(family: str) -> tuple[Option, ...]:
+    """The options a network family's builder declares, with their defaults."""
+    return builder_options(NETWORKS.get(family), skip=BUILDER_ARGUMENTS)
 
 
 def create_network(
@@ -27,10 +37,8 @@ def create_network(
     if colon and not argument.strip():
         raise UserError(f"network spec {spec!r} has nothing after ':'; give the sizes (e.g. "
                         f"'{family}:500,500') or write '{family}' for its default")
-    try:
-        net = builder(argument, tuple(input_shape), num_classes, **options)
-    except TypeError as exc:
-        raise UserError(f"network {spec!r}: bad option ({exc})") from None
+    options = validate("network", family, network_options(family), options)
+    net = builder(argument, tuple(input_shape), num_classes, **options)
     net.spec = spec
     return net
 
@@ -62,4 +70,4 @@ def parse_int_list(spec: str, argument: str, default: Sequence[int]) -> list[int
 import_submodules(__name__)
 
 __all__ = ["NETWORKS", "BlackBox", "Block", "Network", "create_network", "from_modules",
-           "parse_int_list"]
+           "network_options", "parse_int_list"]

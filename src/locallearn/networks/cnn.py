@@ -13,11 +13,13 @@ from torch import nn
 from locallearn.errors import UserError
 from locallearn.networks import NETWORKS, parse_int_list
 from locallearn.networks.network import Block, Network
+from locallearn.options import Option, declare
 
 
 @NETWORKS.register(
     "cnn", help="cnn[:C1,C2,...] conv blocks (default 32,64,128), 1-D or 2-D by input"
 )
+@declare(Option("kernel_size", int, "side of the convolution kernels", low=1))
 def cnn(
     argument: str, input_shape: tuple[int, ...], num_classes: int, kernel_size: int = 3,
 ) -> Network:

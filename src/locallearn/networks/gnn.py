@@ -32,9 +32,12 @@ from torch import Tensor, nn
 from locallearn.errors import UserError
 from locallearn.networks import NETWORKS, parse_int_list
 from locallearn.networks.network import Block, Network
+from locallearn.options import Option, declare
 
 GNN_TASKS = ("node", "link")
 GAT_HEADS = 4
+GRAPH_TASK = Option("task", str, "what the head predicts: node classes or links (the graph "
+                    "datasets set it)", choices=GNN_TASKS)
 
 
 class GraphContext:
@@ -170,18 +173,21 @@ class GraphNetwork(Network):
 
 
 @NETWORKS.register("gcn", help="gcn:W1,W2,... graph convolution layers (Kipf & Welling)")
+@declare(GRAPH_TASK)
 def gcn(argument: str, input_shape: tuple[int, ...], num_classes: int,
         task: str = "node") -> GraphNetwork:
     return graph_network("gcn", argument, input_shape, num_classes, task)
 
 
 @NETWORKS.register("sage", help="sage:W1,W2,... GraphSAGE layers, mean aggregation")
+@declare(GRAPH_TASK)
 def sage(argument: str, input_shape: tuple[int, ...], num_classes: int,
          task: str = "node") -> GraphNetwork:
     return graph_network("sage", argument, input_shape, num_classes, task)
 
 
 @NETWORKS.register("gat", help="gat:W1,W2,... graph attention layers, 4 heads concatenated")
+@declare(GRAPH_TASK)
 def gat(argument: str, input_shape: tuple[int, ...], num_classes: int,
         task: str = "node") -> GraphNetwork:
     return graph_network("gat", argument, input_shape, num_classes, task)
@@ -193,9 +199,7 @@ def graph_network(kind: str, argument: str, input_shape: tuple[int, ...], num_cl
     if len(input_shape) != 1:
         raise UserError(f"{kind} needs node features of shape (features,), got {input_shape}; "
                         f"use a graph dataset (csbm, karate, cora, ...)")
-    if task not in GNN_TASKS:
-        raise UserError(f"graph task must be one of {', '.join(GNN_TASKS)}, got {task!r}")
-    context = GraphContext()
+    context = GraphContext()  # task: checked by create_network against GRAPH_TASK
     blocks, in_channels = [], input_shape[0]
     for i, width in enumerate(widths):
         blocks.append(GraphBlock(kind, in_channels, width, context, first=i == 0,

@@ -10,6 +10,7 @@ from locallearn.errors import UserError
 from locallearn.networks import NETWORKS, parse_int_list
 from locallearn.networks.blackbox import numpy_block
 from locallearn.networks.network import Block, Network
+from locallearn.options import Option, declare
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU}
@@ -26,6 +27,10 @@ BLACK_BOX_TOKENS = ("bb", "blackbox")
 
 @NETWORKS.register(
     "mlp", help="mlp:W1,W2,... hidden widths (a 'bb' entry inserts a NumPy black-box layer)"
+)
+@declare(
+    Option("activation_name", str, "the hidden layers' activation", choices=tuple(ACTIVATIONS)),
+    Option("bias", bool, "hidden layers have a bias"),
 )
 def mlp(
     argument: str, input_shape: tuple[int, ...], num_classes: int, activation_name: str = "relu",

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from locallearn.errors import UserError
 from locallearn.networks import NETWORKS
 from locallearn.networks.network import Block, Network
+from locallearn.options import Option, declare
 
 
 class SelfAttention(nn.Module):
@@ -119,6 +120,8 @@ def _heads(width: int) -> int:
 
 
 @NETWORKS.register("vit", help="vit[:DxW] patch embedding + D transformer blocks of width W")
+@declare(Option("patch", int, "side of the square patches (None: a quarter of the input's "
+                "smaller side)", low=1, nullable=True))
 def vit(argument: str, input_shape: tuple[int, ...], num_classes: int,
         patch: int | None = None) -> Network:
     depth, width = parse_depth_width(f"vit:{argument}", argument, (4, 64))

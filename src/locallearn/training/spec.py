@@ -18,7 +18,7 @@ import torch
 
 from locallearn.data import load_dataset
 from locallearn.errors import UserError
-from locallearn.networks import create_network
+from locallearn.networks import NETWORKS, create_network, network_options
 from locallearn.networks.network import Network
 from locallearn.rules import RULES, Rule, create_rule
 
@@ -68,6 +68,20 @@ def check_network_size(net: str, input_shape, num_classes: int, net_options: dic
                         f"GiB; training needs about {4 * n_bytes / 2**30:.1f} GiB) but "
                         f"{available / 2**30:.1f} GiB of memory is available; use a smaller "
                         f"--net")
+
+
+def suggested_options(data: str, net: str, dataset: Any) -> dict[str, Any]:
+    """The network options a dataset sets (``network_options``), with one line when the
+    network family has no such option (graph data on an mlp)."""
+    suggested = dict(getattr(dataset, "network_options", {}))
+    family = net.partition(":")[0]
+    known = {o.name for o in network_options(family)}
+    for key in suggested:
+        if key not in known:
+            fit = [n for n in NETWORKS.names() if key in {o.name for o in network_options(n)}]
+            raise UserError(f"data {data!r} needs a network with option {key!r} "
+                            f"({', '.join(fit) or 'none registered'}); {net!r} has none")
+    return suggested
 
 
 # The keys of a run's description in config.json (beside "train", the TrainConfig).
@@ -127,8 +141,8 @@ class RunSpec:
         if dataset is None:
             dataset = self.load_data()
         torch.manual_seed(self.seed + seed_offset)
-        # A dataset may suggest network options (graph data: the GNN head for node or link).
-        net_options = {**getattr(dataset, "network_options", {}), **self.net_options}
+        # A dataset may set network options (graph data: the GNN head for node or link).
+        net_options = {**suggested_options(self.data, self.net, dataset), **self.net_options}
         check_network_size(self.net, dataset.task.input_shape, dataset.task.num_classes,
                            net_options)
         network = create_network(self.net, dataset.task.input_shape, dataset.task.num_classes,

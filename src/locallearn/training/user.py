@@ -22,6 +22,7 @@ from locallearn.errors import UserError
 from locallearn.networks import create_network
 from locallearn.networks.from_model import network_from_model
 from locallearn.rules import RULES, create_rule
+from locallearn.training.spec import suggested_options
 from locallearn.training.trainer import Trainer
 
 
@@ -61,7 +62,7 @@ def train_user(rule: str, config, *, model=None, net: Any = None, data: Any = No
         network = network_from_model(model, task.input_shape, task.num_classes, blocks, head)
         net_name = "custom"
     else:
-        net_options = {**getattr(dataset, "network_options", {}), **(net_options or {})}
+        net_options = {**suggested_options(data_name, net, dataset), **(net_options or {})}
         network = create_network(net, task.input_shape, task.num_classes, **net_options)
         net_name = net
     learner = create_rule(rule, network, task, **(rule_options or {}))
