@@ -206,6 +206,9 @@ def test_frozen_controls_run_beside_each_rule_and_reach_the_report(tmp_path):
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert "| backprop | digits | mlp:16 | 2 |" in md  # the frozen-control table's row
+    # Each row records what made it: the command, the commit and the load at its start.
+    assert all(len(r["load_average"]) == 3 and r["command"] for r in rows)
+    assert "- Load average (1 min) at cell starts: " in md and "(4 of 4 cells recorded)" in md
     with pytest.raises(UserError, match="unknown control"):
         parse_suite("t", "rules: [backprop]\ncontrols: [thawed]\n"
                          "tasks: [{data: digits, net: 'mlp:16'}]\n")

@@ -81,9 +81,13 @@ def test_frozen_table_pairs_each_rule_with_its_control_by_seed():
     by_rule = {line[0]: line for line in table[1:]}
     assert set(by_rule) == {"backprop", "ff"}  # mono-forward has no frozen control
     # backprop beats its control by 0.05 and 0.06 (seed 0, 1); ff loses by 0.02 and 0.01.
-    assert by_rule["backprop"][3:] == ["2", "0.8050 ± 0.0071", "0.7500 ± 0.0000",
-                                       "+0.0550 ± 0.0071", "yes"]
+    assert by_rule["backprop"][3:8] == ["2", "0.8050 ± 0.0071", "0.7500 ± 0.0000",
+                                        "+0.0550 ± 0.0071", "yes"]
     assert by_rule["ff"][6] == "-0.0150 ± 0.0071" and by_rule["ff"][7] == "no"
+    # Beside it: backprop's trained figure on the same task, epochs, seconds, and the time
+    # to the validation target (ff reaches 0.90 at its third epoch, 9 s; backprop never).
+    assert by_rule["ff"][8:] == ["0.8050 ± 0.0071", "3", "3.0 ± 0.0", "9.0 to 0.90 (2/2)"]
+    assert by_rule["backprop"][11] == "- to 0.90 (0/2)"
 
 
 def test_report_rebuilds_from_results(tmp_path, cli):
@@ -92,6 +96,9 @@ def test_report_rebuilds_from_results(tmp_path, cli):
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "report.md").read_text()
     assert "Test CPU 9000, 2 cores, 2 torch threads" in md
+    # Rows of an older version record no command, commit or load: the page says so.
+    assert "- Commit: not recorded" in md
+    assert "- Load average (1 min) at cell starts: not recorded (0 of " in md
     assert "| mono-forward | no | digits | mlp:32,32 | - | 2 | 3 | 0.8550 ± 0.0071 |" in md
     assert "| ff | yes | digits | mlp:32,32 | options={\"freeze_blocks\": true} | 2 | 3 |" in md
     assert "| backprop | digits | mlp:32,32 | 2 | 0.8050 ± 0.0071 | 0.7500 ± 0.0000 |" in md
@@ -164,3 +171,16 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert 'data-images-ok="3"' in dom
     assert any("broken image" in c for c in console)
     assert any("no_such_function" in c for c in console)
+
+
+def test_provenance_lines_name_command_commit_hardware_and_load():
+    from locallearn.report.provenance import command_line, load_summary, provenance_lines
+
+    lines = provenance_lines(command="python benchmarks/x.py --seeds 0",
+                             loads=[[3.0, 2.0, 1.0], None, [5.0, 4.0, 3.0], [4.0, 1.0, 1.0]])
+    assert lines[0] == "- Command: `python benchmarks/x.py --seeds 0`"
+    assert lines[1].startswith("- Commit: `") and "torch thread" in lines[2]
+    assert "3.0-5.0 (median 4.0)" in lines[3]
+    assert load_summary([None]) == "not recorded"
+    assert command_line(["/x/src/locallearn/__main__.py", "bench", "--out", "a b"]) == \
+        "locallearn bench --out 'a b'"

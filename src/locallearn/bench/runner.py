@@ -27,6 +27,7 @@ from locallearn.bench.cells import CELL_KINDS
 from locallearn.bench.suite import Cell, Suite
 from locallearn.errors import UserError
 from locallearn.measure import hardware_info
+from locallearn.report.provenance import command_line, load_average, source_commit
 
 DONE = ("ok", "skipped")
 
@@ -126,6 +127,8 @@ def _run_cells(suite: Suite, out: Path, device: str, quiet: bool,
     todo = [c for c in cells if c.key not in done]
     kinds = {d: data_kind(d, 0) for d in sorted({c.data for c in todo})}
     hw = hardware_info(_device(device))
+    # What made the figures: code, command and (per cell) the machine's load.
+    made_by = {"commit": source_commit(), "command": command_line()}
     run_fn = CELL_KINDS.get(suite.kind)
     counts = {"ok": 0, "skipped": 0, "error": 0, "already_done": len(cells) - len(todo)}
     if todo:
@@ -137,7 +140,8 @@ def _run_cells(suite: Suite, out: Path, device: str, quiet: bool,
         row: dict[str, Any] = {
             "suite": suite.name, "kind": cell.kind, "key": cell.key, "rule": cell.rule,
             "data": cell.data, "net": cell.net, "seed": cell.seed, "options": cell.options,
-            "rule_options": cell.rule_options, "hardware": hw,
+            "rule_options": cell.rule_options, "hardware": hw, **made_by,
+            "load_average": load_average(),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
         }

@@ -24,6 +24,8 @@ class Bench:
         p.add_argument("--rules", help="comma-separated subset of the suite's rules")
         p.add_argument("--seeds", help="comma-separated seeds in place of the suite's "
                                        "(e.g. --seeds 0 for a quick pass; resumable later)")
+        p.add_argument("--data", help="comma-separated subset of the suite's data sets (its "
+                                      "tasks on other data are left for a later run)")
         p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
         p.add_argument("--threads", type=int,
                        help="torch CPU threads (default: the suite's setting, else 1)")
@@ -45,6 +47,14 @@ class Bench:
                 raise UserError(f"--seeds takes whole numbers separated by commas, "
                                 f"got {args.seeds!r}") from None
             suite = dataclasses.replace(suite, seeds=seeds)
+        if args.data:
+            wanted = [d.strip() for d in args.data.split(",")]
+            unknown = sorted(set(wanted) - {t["data"] for t in suite.tasks})
+            if unknown:
+                raise UserError(f"data {unknown[0]!r} is not in suite {suite.name} (its data: "
+                                f"{', '.join(sorted({t['data'] for t in suite.tasks}))})")
+            suite = dataclasses.replace(suite, tasks=[t for t in suite.tasks
+                                                      if t["data"] in wanted])
         only = [r.strip() for r in args.rules.split(",")] if args.rules else None
         cells = suite.cells()
         if only:

@@ -123,6 +123,25 @@ def hardware_lines(rows: list[dict[str, Any]]) -> list[str]:
     return seen
 
 
+def made_by_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the command(s) and commit(s) that wrote the rows, and the 1-minute
+    load average at the start of their cells (timings move with it on a shared machine)."""
+    from locallearn.report.provenance import load_summary
+
+    def distinct(key: str) -> str:
+        values = [str(r[key]) for r in rows if r.get(key)]
+        missing = sum(1 for r in rows if not r.get(key))
+        text = ", ".join(f"`{v}`" for v in dict.fromkeys(values)) or "not recorded"
+        return text + (f" ({missing} of {len(rows)} rows made by an older version "
+                       f"record none)" if values and missing else "")
+
+    loads = [r.get("load_average") for r in rows]
+    recorded = sum(1 for v in loads if v)
+    return [f"- Command: {distinct('command')}", f"- Commit: {distinct('commit')}",
+            f"- Load average (1 min) at cell starts: {load_summary(loads)} "
+            f"({recorded} of {len(rows)} cells recorded)"]
+
+
 def _rule_order(rule: str) -> tuple[int, str]:
     return (0 if rule == "backprop" else 1, rule)
 
@@ -222,6 +241,15 @@ def results_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     return table
 
 
+def _reach(v: dict[str, Any] | None) -> str:
+    """'S to T (k/n)': mean training seconds to the validation target T of the k of n
+    runs that reached it."""
+    if not v:
+        return "-"
+    mean = "-" if v["mean_seconds"] is None else f"{v['mean_seconds']:.1f}"
+    return f"{mean} to {v['target']:.2f} ({len(v['seconds'])}/{v['runs']})"
+
+
 def is_frozen(row: dict[str, Any]) -> bool:
     """Whether a row is a frozen control (``freeze_blocks``: random blocks, only what lies
     outside them learns)."""
@@ -233,9 +261,14 @@ def is_frozen(row: dict[str, Any]) -> bool:
 
 def frozen_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Each rule beside its frozen control: test accuracy of both and the difference,
-    paired by seed, mean ± std over the seeds both have."""
-    trained: dict[tuple, dict[int, float]] = defaultdict(dict)
-    frozen: dict[tuple, dict[int, float]] = defaultdict(dict)
+    paired by seed, mean ± std over the seeds both have; then backprop's test accuracy
+    on the same task, the rule's epochs, training seconds and time to the validation
+    target (see :mod:`locallearn.bench.efficiency`), so one table carries a rule's figure
+    with both of its baselines."""
+    from locallearn.bench.efficiency import times_to_accuracy
+
+    trained: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
+    frozen: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
         if r.get("kind", "train") != "train" or r.get("status", "ok") != "ok":
             continue
@@ -244,21 +277,33 @@ def frozen_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         options = {k: v for k, v in (r.get("options") or {}).items() if k != "freeze_blocks"}
         key = (r.get("data"), r.get("net"), r.get("rule"),
                json.dumps({"o": options, "r": r.get("rule_options")}, sort_keys=True))
-        (frozen if is_frozen(r) else trained)[key][r.get("seed")] = r["test_accuracy"]
+        (frozen if is_frozen(r) else trained)[key][r.get("seed")] = r
+    def task(k: tuple) -> tuple:  # data, net and train options: backprop's comparable run
+        return k[0], k[1], json.dumps(json.loads(k[3])["o"], sort_keys=True)
+
+    backprop = {task(k): [r["test_accuracy"] for r in by_seed.values()]
+                for k, by_seed in trained.items() if k[2] == "backprop"}
+    tta = times_to_accuracy(rows)
     table = [["rule", "data", "net", "seeds", "trained test acc", "frozen test acc",
-              "trained - frozen (mean ± std over seeds)", "beats frozen by >= 0.01"]]
+              "trained - frozen (mean ± std over seeds)", "beats frozen by >= 0.01",
+              "backprop test acc", "epochs", "train s", "train s to val target (seeds)"]]
     for key in sorted(set(trained) & set(frozen),
                       key=lambda k: (k[0], k[1], _rule_order(k[2]), k[3])):
         seeds = sorted(set(trained[key]) & set(frozen[key]))
         if not seeds:
             continue
-        a = [trained[key][s] for s in seeds]
-        b = [frozen[key][s] for s in seeds]
+        a = [trained[key][s]["test_accuracy"] for s in seeds]
+        b = [frozen[key][s]["test_accuracy"] for s in seeds]
         diff = [x - y for x, y in zip(a, b, strict=True)]
+        reach_cell = _reach(tta.get(key[:3]))
         table.append([str(key[2]), str(key[0]), str(key[1]), str(len(seeds)),
                       _mean_std(a, ".4f"), _mean_std(b, ".4f"),
                       ("+" if statistics.mean(diff) >= 0 else "") + _mean_std(diff, ".4f"),
-                      "yes" if statistics.mean(diff) >= 0.01 else "no"])
+                      "yes" if statistics.mean(diff) >= 0.01 else "no",
+                      _mean_std(backprop.get(task(key), []), ".4f"),
+                      _same_or_range([trained[key][s].get("epochs") for s in seeds]),
+                      _mean_std([trained[key][s].get("train_seconds") for s in seeds], ".1f"),
+                      reach_cell])
     return table if len(table) > 1 else []
 
 
@@ -317,11 +362,7 @@ def efficiency_table(rows: list[dict[str, Any]]) -> list[list[str]]:
         for r in group:
             eff, ratio = r.get("efficiency"), rel.get(r.get("key"))
             reach = [v for (d, _, ru), v in tta.items() if d == data and ru == rule]
-            reach_cell = "-"
-            if reach:
-                v = reach[0]
-                mean = "-" if v["mean_seconds"] is None else f"{v['mean_seconds']:.1f}"
-                reach_cell = f"{mean} to {v['target']:.2f} ({len(v['seconds'])}/{v['runs']})"
+            reach_cell = _reach(reach[0] if reach else None)
             table.append([
                 str(rule), str(net), str(r.get("batch_size")),
                 f"{r['flops_per_sample'] / 1e9:.4f}",
@@ -333,9 +374,7 @@ def efficiency_table(rows: list[dict[str, Any]]) -> list[list[str]]:
     only_times = [] if len(table) > 1 else sorted(
         tta.items(), key=lambda kv: (kv[0][0], kv[0][1], _rule_order(kv[0][2])))
     for (_data, net, rule), v in only_times:
-        mean = "-" if v["mean_seconds"] is None else f"{v['mean_seconds']:.1f}"
-        table.append([str(rule), str(net), "-", "-", "-", "-", "-", "-", "-",
-                      f"{mean} to {v['target']:.2f} ({len(v['seconds'])}/{v['runs']})"])
+        table.append([str(rule), str(net), "-", "-", "-", "-", "-", "-", "-", _reach(v)])
     return table if len(table) > 1 else []
 
 
@@ -570,7 +609,9 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
     md = [f"# {title}", ""]
     if description:
         md += [description, ""]
-    md += [f"Hardware: {line}" for line in hardware] + ["", f"Generated {generated}.", ""]
+    made = made_by_lines(rows)
+    md += [f"Hardware: {line}" for line in hardware] + [""] + made
+    md += ["", f"Generated {generated}.", ""]
     grouped = grouping_lines(rows)
     md += ["Grouped: runs agreeing on every setting but the seed are averaged; " + (
         "none were." if not grouped else f"{len(grouped)} group(s):"), ""]
@@ -589,6 +630,7 @@ def write_report(out_dir: Path, runs: list[dict[str, Any]] | None = None,
     if not sections:
         body = "<p>No finished runs yet.</p>"
     hw = "".join(f"<li>{html.escape(line)}</li>" for line in hardware)
+    made_html = "".join(f"<li>{html.escape(line.removeprefix('- '))}</li>" for line in made)
     groups_html = "<p>Grouped: runs agreeing on every setting but the seed are averaged; " + (
         "none were.</p>" if not grouped else "</p><ul>" + "".join(
             f"<li>{html.escape(line)}</li>" for line in grouped) + "</ul>")
@@ -600,7 +642,7 @@ font-size:0.9em;}} th{{background:#eee;}} td:first-child{{text-align:left;font-w
 img{{max-width:100%;display:block;margin-bottom:1em;}} .status td{{text-align:left;}}</style>
 </head>
 <body><h1>{html.escape(title)}</h1><p>{html.escape(description)}</p>
-<p>Hardware:</p><ul>{hw}</ul>{groups_html}<p>Generated {generated}.</p>
+<p>Hardware:</p><ul>{hw}</ul><ul>{made_html}</ul>{groups_html}<p>Generated {generated}.</p>
 {body}{figures}</body></html>
 """
     (out_dir / "report.html").write_text(page)
