@@ -184,3 +184,18 @@ def test_provenance_lines_name_command_commit_hardware_and_load():
     assert load_summary([None]) == "not recorded"
     assert command_line(["/x/src/locallearn/__main__.py", "bench", "--out", "a b"]) == \
         "locallearn bench --out 'a b'"
+
+
+def test_report_with_a_second_folder_reads_both(tmp_path, cli):
+    rows = synthetic_rows()
+    train = [{**r, "data": "mnist5k"} for r in rows if r["kind"] == "train"]
+    write_results(tmp_path / "eff", [r for r in rows if r["kind"] == "efficiency"])
+    write_results(tmp_path / "rules", train)
+    r = cli("report", str(tmp_path / "eff"), "--with", str(tmp_path / "rules"))
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "eff" / "report.md").read_text()
+    # The efficiency rows get their time to accuracy from the other folder's train rows.
+    ff_row = next(line for line in md.splitlines() if line.startswith("| ff | mlp:2048 |"))
+    assert ff_row.endswith("| 9.0 to 0.90 (2/2) |")
+    assert not (tmp_path / "rules" / "report.md").exists()
+    assert cli("report", str(tmp_path / "eff"), "--with", str(tmp_path / "nope")).returncode == 2
