@@ -104,7 +104,8 @@ def run_suite(suite: Suite, out: Path, device: str = "auto", quiet: bool = False
     run; each row records the number used.
     """
     # One thread per process unless asked: parallel cells on a shared machine otherwise
-    # oversubscribe its cores (torch's default of 2 on 2 cores ran the demo ~4x slower).
+    # oversubscribe its cores (torch's default of 2 on 2 cores ran the demo several times
+    # slower: docs/results/efficiency.md).
     threads = threads or suite.settings.get("threads") or 1
     before = torch.get_num_threads()
     if threads:

@@ -24,8 +24,8 @@ from locallearn.options import declare
 def _read_int_table(package: str, relative: str, columns: int) -> np.ndarray | None:
     """A gzipped CSV of integers shipped inside ``package``, read without importing it.
 
-    ``np.genfromtxt`` (what the packages use) took 20 s for mnist5k on a loaded
-    2-core machine and importing scikit-learn several more; this takes under a second.
+    ``np.genfromtxt`` (what the packages use) and importing scikit-learn are many times
+    slower (benchmarks/offline_reader.py; figures in docs/results/efficiency.md).
     Returns None when the file is not where expected (the caller falls back).
     """
     spec = importlib.util.find_spec(package)

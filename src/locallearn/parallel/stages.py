@@ -145,8 +145,8 @@ class Inbox:
 
     Knowing the shape ahead lets a stage post the next receive as soon as it takes the
     current one: gloo moves a message only once its receive is posted, so the transfer
-    overlaps the stage's compute instead of adding to it (about 2 ms per 1 MiB activation
-    on loopback, 12% of a stage's step in the throughput benchmark).
+    overlaps the stage's compute instead of adding to it (the wait this removed:
+    docs/results/efficiency.md, layer-parallel throughput).
     """
 
     def __init__(self, peer: int, device: torch.device, tag: int = 0) -> None:

@@ -30,8 +30,9 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, weight_
 def _fused(params: list[nn.Parameter]) -> dict[str, bool]:
     """``fused=True`` where torch has a fused Adam kernel for these parameters.
 
-    The same update as the default multi-tensor Adam in one pass over memory; on CPU
-    it made the optimiser step ~7x faster for a 2048-wide MLP (benchmarks/profile_step.py).
+    The same update as the default multi-tensor Adam in one pass over memory, so a
+    faster optimiser step on CPU (figure: docs/results/efficiency.md, "Measurements
+    behind code choices").
     """
     version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
     devices = {p.device.type for p in params}
