@@ -34,9 +34,9 @@ Deviations from the paper: the input-level pair (x against g_0's output) trains
 only a feedback layer that nothing reads when classifying, so it is left out.
 Each block passes on its output divided by its per-sample RMS (``rms_norm``,
 default True; forward-only, no parameters): a cosine pairing leaves the scale of
-h_k free to drift, which slowed the head, trained on h_L (mnist1d cnn: head
-0.876 without, 0.932 with). Adam at lr 1e-3 instead of SGD with gradient
-clipping; no batch norm.
+h_k free to drift, which slowed the head, trained on h_L (figures:
+docs/results/feedback.md; not yet re-checked on validation). Adam at lr 1e-3
+instead of SGD with gradient clipping; no batch norm.
 """
 
 from __future__ import annotations

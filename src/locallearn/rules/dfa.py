@@ -28,7 +28,7 @@ Structured outputs (same update, delivered where the error lives):
         node's sum over its scored pairs of (sigmoid(s_uv) - y_uv) z_v). The last
         block receives e itself (DFA's output layer), block k < L-1 receives e B_k
         with B_k fixed random, width_L x width_k. (Projecting the two-class pair
-        error to both endpoints instead did not learn: AUC 0.51 on csbm.)
+        error to both endpoints instead did not learn: docs/results/graphs.md.)
 
 Deviations from the paper: a *block* (not a single layer) receives ``e B_k``
 at its output and the gradient runs through the block's own layers; for the

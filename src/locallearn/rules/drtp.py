@@ -67,8 +67,8 @@ from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging,
 
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
 class DRTP(BlockwiseRule):
-    # 40 epochs: mnist5k mlp:500,500 seed 0 validation accuracy reached 0.9125 by epoch
-    # 18 and stayed within 0.9-0.9125 to 40 (mnist1d cnn: not yet re-checked on validation).
+    # 40 epochs: backed by mnist5k's validation split (figures: the last section of
+    # docs/results/frozen_controls.md); mnist1d cnn: not yet re-checked on validation.
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     options = (

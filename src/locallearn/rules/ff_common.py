@@ -69,7 +69,8 @@ class LabelEmbedding(nn.Module):
     Images (C,H,W): the first ``num_classes`` entries of the flattened input become a
     one-hot vector times ``scale`` (Hinton's MNIST recipe; MNIST's first pixels are
     always background, as are digits' top-left ones). Vectors and signals, whose
-    leading entries carry data (on mnist1d, blanking them cost backprop 0.90 -> 0.73),
+    leading entries carry data (blanking them costs even backprop accuracy:
+    docs/results/ff.md),
     get the one-hot *appended*: as ``num_classes`` more inputs of block 0's first
     ``nn.Linear`` (mode ``"append"``), or, when block 0 starts with a convolution, as
     ``num_classes`` more input channels, constant along the signal (mode ``"channel"``).

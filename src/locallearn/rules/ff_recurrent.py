@@ -39,10 +39,9 @@ Deviations and choices:
 * Negatives: the best-scoring wrong label under the current model (``"hardest"``,
   one extra prediction pass per batch; the paper also draws negative labels from the
   model's own predictions), or ``"random"``. The label enters as one-hot times
-  ``label_scale=5``. Chosen on digits' validation split (mlp:64,64, 8 epochs, batch 64,
-  seed 0): random / scale 1 0.563, random / 5 0.715, hardest / 1 0.750, hardest / 5
-  0.889; 6 steps scored from 3: 0.889; damping 0: 0.903 (2 of 144 samples more than
-  0.3, within noise, so the paper's damping stays).
+  ``label_scale=5``. Both chosen on digits' validation split; more steps did not help
+  and no damping was within noise, so the paper's damping stays (figures:
+  docs/results/ff.md, "Recurrent Forward-Forward").
 * Each layer's loss is averaged over the steps (the paper's per-step updates applied
   once per batch).
 """

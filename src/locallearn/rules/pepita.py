@@ -49,11 +49,9 @@ settings left the last block's ReLUs dead, mnist1d cnn at chance):
 - ``conv_scale`` (default 0.03): conv blocks' updates are scaled by this factor
   (SGD: a per-block learning rate of 0.03 x lr). Larger scales destabilise the conv
   blocks; at this one they hardly move, and conv PEPITA is no better than its frozen
-  control. Validation accuracy (``best_val_accuracy``), mnist1d cnn, seed 0, 40
-  epochs: conv_scale 0.3 0.675, 0.1 0.7875, 0.03 0.7825; blocks frozen
-  (``freeze_blocks``) 0.780. The 0.03 / 0.1 / frozen differences are 1-3 of 400
-  validation signals, i.e. noise: on conv nets PEPITA's blocks add nothing measurable
-  over random features (docs/results/frozen_controls.md).
+  control: on mnist1d cnn's validation split no scale beats the frozen blocks by more
+  than noise, so on conv nets PEPITA's blocks add nothing measurable over random
+  features (sweep: docs/results/frozen_controls.md, "PEPITA on conv nets").
 """
 
 from __future__ import annotations
