@@ -14,10 +14,15 @@ import torch
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 # `locallearn train` without --out keeps its run under runs/: in the tests, a temporary
-# folder (subprocesses inherit it) instead of the checkout.
+# folder (subprocesses inherit it) instead of the checkout. Under pytest-xdist the workers
+# inherit the controller's folder; each takes its own folder inside it, so two workers
+# never pick the same timestamped run name.
 if "LOCALLEARN_RUNS_DIR" not in os.environ:
     os.environ["LOCALLEARN_RUNS_DIR"] = tempfile.mkdtemp(prefix="locallearn-runs-")
     atexit.register(shutil.rmtree, os.environ["LOCALLEARN_RUNS_DIR"], ignore_errors=True)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["LOCALLEARN_RUNS_DIR"] = tempfile.mkdtemp(
+        prefix=f"{os.environ['PYTEST_XDIST_WORKER']}-", dir=os.environ["LOCALLEARN_RUNS_DIR"])
 
 
 @pytest.fixture(scope="session")
@@ -44,3 +49,18 @@ def run_cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedP
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that share a module-scoped fixture (often a trained run) form one xdist group,
+    so under ``--dist loadgroup`` one worker builds that fixture once; every other test is
+    scheduled on its own wherever a worker is free."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)  # pytest's record of the test's fixtures
+        if info is None:
+            continue
+        for name in info.names_closure:
+            defs = info.name2fixturedefs.get(name)
+            if defs and defs[-1].scope in ("module", "class", "package"):
+                item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+                break
