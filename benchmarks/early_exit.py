@@ -125,4 +125,6 @@ def report(rule: str, summary: dict, ee: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from locallearn.report.provenance import run_with_provenance
+
+    run_with_provenance(main)  # then the command, commit, hardware and load average

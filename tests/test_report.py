@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -199,3 +200,18 @@ def test_report_with_a_second_folder_reads_both(tmp_path, cli):
     assert ff_row.endswith("| 9.0 to 0.90 (2/2) |")
     assert not (tmp_path / "rules" / "report.md").exists()
     assert cli("report", str(tmp_path / "eff"), "--with", str(tmp_path / "nope")).returncode == 2
+
+
+def test_benchmark_scripts_print_provenance_after_their_table(capsys):
+    from locallearn.report.provenance import run_with_provenance
+
+    def main() -> int:
+        print("| table |")
+        return 7
+
+    assert run_with_provenance(main, every_s=0.01) == 7
+    out = capsys.readouterr().out
+    assert out.index("| table |") < out.index("- Command: `python ") < out.index("- Load")
+    with pytest.raises(SystemExit):  # --help and errors: nothing printed after them
+        run_with_provenance(lambda: sys.exit(0))
+    assert "- Command" not in capsys.readouterr().out

@@ -12,7 +12,8 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,27 @@ def provenance_lines(command: str | None = None, device: str | None = None,
             f"- Hardware: {hardware_line(hardware_info(device))}",
             f"- Load average (1 min) while it ran: {load_summary(loads)} "
             f"on {os.cpu_count()} cores"]
+
+
+def run_with_provenance(main: Callable[[], Any], every_s: float = 30.0,
+                        device: str | None = None) -> Any:
+    """Run a benchmark script's ``main`` and print, after its table, the lines of
+    :func:`provenance_lines`, the load average sampled every ``every_s`` seconds
+    meanwhile (a daemon thread; sampling costs nothing measurable)."""
+    loads = [load_average()]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every_s):
+            loads.append(load_average())
+
+    threading.Thread(target=sample, daemon=True).start()
+    command = "python " + shlex.join(sys.argv)
+    try:
+        result = main()
+    finally:
+        done.set()
+    loads.append(load_average())
+    print()
+    print("\n".join(provenance_lines(command=command, device=device, loads=loads)))
+    return result
