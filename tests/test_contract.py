@@ -153,6 +153,24 @@ def test_bad_builder_options_are_one_line(call, message):
     assert "\n" not in str(info.value)
 
 
+def test_an_undeclared_builder_option_is_checked_by_its_default(monkeypatch):
+    """A network family from outside the package that declares nothing still gets one
+    validation path: each keyword option typed by its default."""
+    monkeypatch.setattr(NETWORKS, "_entries", dict(NETWORKS._entries))
+    monkeypatch.setattr(NETWORKS, "_help", dict(NETWORKS._help))
+
+    @NETWORKS.register("plain-test")
+    def plain(argument, input_shape, num_classes, width: int = 4):
+        return create_network(f"mlp:{width}", input_shape, num_classes)
+
+    assert [o.name for o in network_options("plain-test")] == ["width"]
+    assert create_network("plain-test", (1, 8, 8), 10, width=3).blocks[0].out_shape == (3,)
+    with pytest.raises(UserError, match="plain-test width must be an int, got 'x'"):
+        create_network("plain-test", (1, 8, 8), 10, width="x")
+    with pytest.raises(UserError, match="network 'plain-test' has no option 'depth'"):
+        create_network("plain-test", (1, 8, 8), 10, depth=2)
+
+
 @pytest.mark.parametrize("name", RULES.names())
 def test_declared_streaming_gives_the_same_losses(name, data):
     rule, x, y = build(name, data)

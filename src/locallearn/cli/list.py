@@ -33,11 +33,11 @@ class List:
         from locallearn.data import DATASETS, dataset_options
         from locallearn.errors import UserError
         from locallearn.networks import NETWORKS, network_options
-        from locallearn.options import declared_options, format_options
-        from locallearn.rules import RULES
+        from locallearn.options import format_options
+        from locallearn.rules import RULES, rule_options
 
         what = ALIASES.get(args.what, args.what)
-        sections = (("rules", RULES, lambda n: declared_options(RULES.get(n))),
+        sections = (("rules", RULES, lambda n: rule_options(RULES.get(n))),
                     ("datasets", DATASETS, dataset_options),
                     ("networks", NETWORKS, network_options))
         if args.name is not None:

@@ -5,13 +5,11 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
-from locallearn.options import declared_options, validate
+from locallearn.options import Option, builder_options, declared_options, validate
 from locallearn.registry import Registry, import_submodules
 from locallearn.rules.base import ParamGroup, Rule
 
@@ -27,23 +25,16 @@ def create_rule(name: str, network: Network, task: Task, **options: Any) -> Rule
     """Build a registered rule; options are checked against its declarations
     (:mod:`locallearn.options`): one-line UserErrors for unknown names and bad values."""
     cls = RULES.get(name)
+    return cls(network, task, **validate("rule", name, rule_options(cls), options))
+
+
+def rule_options(cls: type[Rule]) -> tuple[Option, ...]:
+    """A rule's declared options, then any constructor option it does not declare (a rule
+    from outside the package), typed by its default."""
     declared = declared_options(cls)
-    if declared or not _signature_options(cls):
-        return cls(network, task, **validate("rule", name, declared, options))
-    # A rule that declares no options yet: check the names against its signature.
-    accepted = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in options if k not in accepted]
-    if unknown and not any(p.kind == p.VAR_KEYWORD for p in accepted.values()):
-        known = [k for k in accepted if k not in ("self", "network", "task")]
-        raise UserError(
-            f"rule {name!r} has no option {unknown[0]!r}; its options: {', '.join(known) or 'none'}"
-        )
-    return cls(network, task, **options)
-
-
-def _signature_options(cls: type[Rule]) -> list[str]:
-    return [p.name for p in inspect.signature(cls.__init__).parameters.values()
-            if p.name not in ("self", "network", "task") and p.kind != p.VAR_KEYWORD]
+    names = {o.name for o in declared}
+    signature = builder_options(cls.__init__, skip=("self", "network", "task"))
+    return declared + tuple(o for o in signature if o.name not in names)
 
 
 import_submodules(__name__)
