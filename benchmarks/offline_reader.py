@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from locallearn.data.offline import _read_int_table
+from locallearn.report.provenance import run_with_provenance
 
 RELATIVE = "data/data/mnist_5k.csv.gz"
 
@@ -36,8 +36,8 @@ def main() -> None:
     theirs_s = time.perf_counter() - start
     assert ours is not None and np.array_equal(ours, theirs)
     print(f"mnist5k {ours.shape}: locallearn reader {ours_s:.2f} s, np.genfromtxt "
-          f"{theirs_s:.2f} s (load average {os.getloadavg()[0]:.1f})")
+          f"{theirs_s:.2f} s")
 
 
 if __name__ == "__main__":
-    main()
+    run_with_provenance(main)
