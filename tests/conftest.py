@@ -25,6 +25,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         prefix=f"{os.environ['PYTEST_XDIST_WORKER']}-", dir=os.environ["LOCALLEARN_RUNS_DIR"])
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """A test that trains in this process with ``threads=N`` leaves torch at N threads;
+    the next test (on this xdist worker) gets 1 again."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def digits():
     from locallearn.data import load_dataset

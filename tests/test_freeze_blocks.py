@@ -13,6 +13,7 @@ from locallearn.networks import create_network
 from locallearn.rules import RULES, create_rule
 from locallearn.training import TrainConfig, Trainer
 from locallearn.training.trainer import to_device
+from runhelpers import run_cli
 
 # One tiny dataset and network per data kind (graph rules of link data get their own).
 KINDS = {
@@ -76,7 +77,7 @@ def test_freeze_blocks_keeps_blocks_and_trains_the_rest(rule_name, kind, tmp_pat
         assert changed, f"{rule_name}: nothing outside the blocks learned"
 
 
-def test_freeze_blocks_is_recorded_and_set_by_every_route(tmp_path, cli):
+def test_freeze_blocks_is_recorded_and_set_by_every_route(tmp_path, capsys):
     from locallearn.training import train
 
     result = train("dfa", "digits", "mlp:16", epochs=1, quiet=True, freeze_blocks=True,
@@ -85,16 +86,17 @@ def test_freeze_blocks_is_recorded_and_set_by_every_route(tmp_path, cli):
     assert all(not p.requires_grad for p in result.rule.network.blocks.parameters())
     assert json.loads((tmp_path / "api" / "summary.json").read_text())["freeze_blocks"] is True
 
-    r = cli("train", "--rule", "dfa", "--data", "digits", "--net", "mlp:16", "--epochs", "1",
-            "--quiet", "--set", "freeze_blocks=true", "--out", str(tmp_path / "cli"))
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_cli(capsys, "train", "--rule", "dfa", "--data", "digits", "--net",
+                           "mlp:16", "--epochs", "1", "--quiet", "--set", "freeze_blocks=true",
+                           "--out", str(tmp_path / "cli"))
+    assert code == 0, err
     assert json.loads((tmp_path / "cli" / "summary.json").read_text())["freeze_blocks"] is True
 
     (tmp_path / "c.yaml").write_text("rule: dfa\ndata: digits\nnet: mlp:16\nepochs: 1\n"
                                      "freeze_blocks: true\n")
-    r = cli("train", "--config", str(tmp_path / "c.yaml"), "--quiet", "--out",
-            str(tmp_path / "cfg"))
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_cli(capsys, "train", "--config", str(tmp_path / "c.yaml"), "--quiet",
+                           "--out", str(tmp_path / "cfg"))
+    assert code == 0, err
     assert json.loads((tmp_path / "cfg" / "summary.json").read_text())["freeze_blocks"] is True
 
     off = train("dfa", "digits", "mlp:16", epochs=1, quiet=True, checkpoint=False)

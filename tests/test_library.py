@@ -309,10 +309,12 @@ def test_train_without_out_keeps_the_run_and_says_where(cli):
     assert f"wrote {folder / 'summary.json'}" in r.stdout
 
 
-def test_version_and_bad_threads(cli):
-    assert cli("--version").stdout.strip() == f"locallearn {ll.__version__}"
-    r = cli("train", "--data", "digits", "--threads", "-1", "--epochs", "1")
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "threads" in r.stderr
+def test_version_and_bad_threads(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.strip() == f"locallearn {ll.__version__}"
+    code, _, err = run_cli(capsys, "train", "--data", "digits", "--threads", "-1", "--epochs",
+                           "1")
+    assert code == 2 and err.count("\n") == 1 and "threads" in err
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch):
