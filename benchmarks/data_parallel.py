@@ -1,22 +1,31 @@
 """Throughput and message volume of data-parallel replicas, stages, and the grid.
 
     python benchmarks/data_parallel.py [--epochs 3] [--seed 0] [--runs bp1 bp2 mf1 mf2 ...]
+        [--batch-sizes 256 512 1024] [--repeat 3]
 
-Every run: mnist5k, mlp:1024,1024,1024,1024, batch 256 (the global batch: each of
-M replicas takes 256/M rows), one torch thread per process. Runs:
+Every run: mnist5k, mlp:1024,1024,1024,1024, one torch thread per process, at each
+global batch size of ``--batch-sizes`` (each of M replicas takes 1/M of every
+batch). Runs:
 
-    bp1 / bp2   backprop, 1 process / 2 replicas
-    mf1 / mf2   mono-forward, 1 process / 2 replicas
-    mfs2        mono-forward, 2 stages (layer parallel)
-    grid        mono-forward, 2 stages x 2 replicas (4 processes)
+    bp1 / bp2 / bp2-bf16   backprop, 1 process / 2 replicas / 2 replicas sending bf16
+    mf1 / mf2 / mf2-bf16   mono-forward, the same three
+    mfs2                   mono-forward, 2 stages (layer parallel)
+    grid                   mono-forward, 2 stages x 2 replicas (4 processes)
+
+``--repeat K`` runs the whole list K times, interleaved, and keeps each run's
+fastest (the machine may be shared: a loaded machine understates what parallel
+runs gain, since a descheduled process holds up its peers at every message);
+the load average (1 minute) before each repetition is printed beside it.
 
 Prints samples/s (training loop only, as in summary.json), the speed-up over the
-same rule in one process, test accuracy, and the bytes each process hands to
-torch.distributed per training step: the payload of the gradient all_reduce
-(replicas; gloo's ring then sends 2(M-1)/M of it from each process) and of the
-activations sent to the next stage (stages). Beside them, the bytes that crossed
-the loopback interface per step during the whole run (every process, TCP
-headers and rendezvous included; any other loopback traffic on the machine too).
+same rule in one process at the same batch size, test accuracy, and message
+volume per training step: the payload each process hands to torch.distributed
+(the gradient all_reduce of replicas, the activations a stage sends on); what
+that should put on the wire for all processes together (gloo's ring all_reduce
+sends 2(M-1)/M of the payload from each of the M processes; a stage's activation
+crosses once); and the bytes that did cross the loopback interface per step
+during the whole run (every process, TCP headers, rendezvous, evaluation and
+checkpoint messages included; any other loopback traffic on the machine too).
 """
 
 from __future__ import annotations
@@ -29,11 +38,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+# name: (rule, stages, replicas, gradient_compression)
 RUNS = {
-    "bp1": ("backprop", 1, 1), "bp2": ("backprop", 1, 2),
-    "mf1": ("mono-forward", 1, 1), "mf2": ("mono-forward", 1, 2),
-    "mfs2": ("mono-forward", 2, 1), "grid": ("mono-forward", 2, 2),
+    "bp1": ("backprop", 1, 1, "none"), "bp2": ("backprop", 1, 2, "none"),
+    "bp2-bf16": ("backprop", 1, 2, "bf16"),
+    "mf1": ("mono-forward", 1, 1, "none"), "mf2": ("mono-forward", 1, 2, "none"),
+    "mf2-bf16": ("mono-forward", 1, 2, "bf16"),
+    "mfs2": ("mono-forward", 2, 1, "none"), "grid": ("mono-forward", 2, 2, "none"),
 }
+DEFAULT_RUNS = ["bp1", "bp2", "bp2-bf16", "mf1", "mf2", "mf2-bf16"]
 
 
 def loopback_bytes() -> int | None:
@@ -48,20 +61,22 @@ def loopback_bytes() -> int | None:
     return None
 
 
-def run(rule: str, stages: int, replicas: int, epochs: int, seed: int, net: str,
-        batch: int) -> dict:
+def run(rule: str, stages: int, replicas: int, compression: str, epochs: int, seed: int,
+        net: str, batch: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix=f"dp{stages}x{replicas}-")) / "run"
     cmd = [sys.executable, "-m", "locallearn", "train", "--rule", rule, "--data", "mnist5k",
            "--net", net, "--epochs", str(epochs), "--batch-size", str(batch), "--seed", str(seed),
            "--out", str(out), "--quiet", "--stages", str(stages), "--replicas", str(replicas),
-           "--stage-threads", "1"]
+           "--stage-threads", "1", "--set", f"gradient_compression={compression}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    load = os.getloadavg()[0]
     before = loopback_bytes()
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
     after = loopback_bytes()
     summary = json.loads((out / "summary.json").read_text())
     steps = epochs * -(-_train_rows(out) // batch)  # ceil: the last batch is ragged
     summary["_loopback_per_step"] = (after - before) / steps if before is not None else None
+    summary["_load"] = load
     return summary
 
 
@@ -70,50 +85,71 @@ def _train_rows(out: Path) -> int:
     return int(first["samples"])
 
 
-def volumes(summary: dict) -> tuple[float, float]:
-    """(gradient all_reduce payload, activation payload) per step and process."""
+def volumes(summary: dict, stages: int, replicas: int) -> tuple[float, float, float]:
+    """(gradient all_reduce payload, activation payload) per step and process, and the
+    bytes these should put on the wire per step, all processes together."""
     infos = summary.get("stage_info") or []
     if infos:
-        grad = sum(i["gradient_bytes_per_step"] for i in infos) / len(infos)
-        act = sum(i["activation_bytes_per_step"] for i in infos) / len(infos)
-        return grad, act
-    return summary.get("gradient_bytes_per_step") or 0.0, 0.0
+        grads = [i["gradient_bytes_per_step"] for i in infos]
+        acts = [i["activation_bytes_per_step"] for i in infos]
+    else:
+        grads, acts = [summary.get("gradient_bytes_per_step") or 0.0], [0.0]
+    # Each stage's M copies: M x 2(M-1)/M x its payload; each replica's activations.
+    wire = sum(2 * (replicas - 1) * g for g in grads) + replicas * sum(acts)
+    return sum(grads) / len(grads), sum(acts) / len(acts), wire
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, choices=list(RUNS))
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--net", default="mlp:1024,1024,1024,1024")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256])
+    p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
 
-    results = {name: run(*RUNS[name], args.epochs, args.seed, args.net, args.batch_size)
-               for name in args.runs}
-    hw = next(iter(results.values()))["hardware"]
-    print(f"{args.net}, batch {args.batch_size} (global), {args.epochs} epochs, mnist5k, "
-          f"seed {args.seed}; {hw['cpu']} ({hw['cpu_count']} cores), torch "
-          f"{hw['torch_version']}, one thread per process; load average before: "
-          f"{os.getloadavg()[0]:.2f}")
-    print(f"{'run':>5} {'rule':>13} {'stages x replicas':>17} {'samples/s':>10} "
-          f"{'speed-up':>9} {'test acc':>9} {'grad MiB/step':>14} {'act MiB/step':>13} "
-          f"{'loopback MiB/step':>18}")
-    base = {}
-    for name, s in results.items():
-        rule, stages, replicas = RUNS[name]
-        if stages * replicas == 1:
-            base[rule] = s["samples_per_second"]
-    for name, s in results.items():
-        rule, stages, replicas = RUNS[name]
-        sps = s["samples_per_second"]
-        speed = f"{sps / base[rule]:.2f}x" if rule in base else "-"
-        grad, act = volumes(s)
-        loop = s["_loopback_per_step"]
-        loop_text = f"{loop / 2**20:.2f}" if loop is not None else "-"
-        print(f"{name:>5} {rule:>13} {f'{stages} x {replicas}':>17} {sps:>10.0f} {speed:>9} "
-              f"{s['test_accuracy']:>9.4f} {grad / 2**20:>14.2f} {act / 2**20:>13.2f} "
-              f"{loop_text:>18}")
+    best: dict[tuple[int, str], dict] = {}
+    loads: dict[tuple[int, str], list[float]] = {}
+    for rep in range(args.repeat):
+        for batch in args.batch_sizes:
+            for name in args.runs:
+                s = run(*RUNS[name], args.epochs, args.seed, args.net, batch)
+                key = (batch, name)
+                loads.setdefault(key, []).append(s["_load"])
+                if key not in best or s["samples_per_second"] > best[key]["samples_per_second"]:
+                    best[key] = s
+                print(f"  [{rep + 1}/{args.repeat}] batch {batch} {name}: "
+                      f"{s['samples_per_second']:.0f} samples/s, load {s['_load']:.2f}",
+                      file=sys.stderr, flush=True)
+    hw = next(iter(best.values()))["hardware"]
+    print(f"{args.net}, {args.epochs} epochs, mnist5k, seed {args.seed}; {hw['cpu']} "
+          f"({hw['cpu_count']} cores), torch {hw['torch_version']}, one thread per process; "
+          f"best of {args.repeat}")
+    print(f"{'batch':>5} {'run':>8} {'rule':>13} {'N x M':>5} {'samples/s':>10} "
+          f"{'speed-up':>8} {'test acc':>8} {'grad MiB':>8} {'act MiB':>7} {'wire MiB':>8} "
+          f"{'loopback MiB':>12}  load (1 min) before each try")
+    for batch in args.batch_sizes:
+        base = {}
+        for name in args.runs:
+            rule, stages, replicas, _ = RUNS[name]
+            if stages * replicas == 1:
+                base[rule] = best[(batch, name)]["samples_per_second"]
+        for name in args.runs:
+            s = best[(batch, name)]
+            rule, stages, replicas, _ = RUNS[name]
+            sps = s["samples_per_second"]
+            speed = f"{sps / base[rule]:.2f}x" if rule in base else "-"
+            grad, act, wire = volumes(s, stages, replicas)
+            loop = s["_loopback_per_step"]
+            loop_text = f"{loop / 2**20:.2f}" if loop is not None else "-"
+            load_text = ", ".join(f"{x:.1f}" for x in loads[(batch, name)])
+            print(f"{batch:>5} {name:>8} {rule:>13} {f'{stages} x {replicas}':>5} {sps:>10.0f} "
+                  f"{speed:>8} {s['test_accuracy']:>8.4f} {grad / 2**20:>8.2f} "
+                  f"{act / 2**20:>7.2f} {wire / 2**20:>8.2f} {loop_text:>12}  {load_text}")
+    print("MiB per training step: grad = all_reduce payload per process, act = activations "
+          "sent per stage boundary, wire = what these put on the wire (all processes), "
+          "loopback = measured on the loopback interface (all traffic)")
 
 
 if __name__ == "__main__":

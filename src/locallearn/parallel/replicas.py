@@ -227,15 +227,33 @@ class ShardedData:
 
 BUCKET_BYTES = 4 << 20  # gradients per all_reduce (one 1024x1024 float32 layer)
 
+# ``gradient_compression``: the dtype the replicas' gradients travel in.
+COMPRESSION = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class _Bucket:
-    """Some of one optimiser's parameters, reduced together, and this step's state."""
+    """Some of one optimiser's parameters, reduced together, and this step's state.
+
+    ``flat`` holds the weighted gradients, then one flag per parameter (1 where this
+    replica has a gradient), in the dtype they travel in; it is allocated once and
+    reused every step. Without compression the averaged gradients are handed to the
+    optimiser as views of it (no copy back); with compression they are widened into
+    ``wide``, also reused.
+    """
 
     def __init__(self, params: list[torch.nn.Parameter]) -> None:
         self.params = params
         self.ready: set[int] = set()  # ids of parameters whose gradient is final
-        self.work = None  # (all_reduce work, flat buffer) once launched
+        self.work = None  # the all_reduce in flight, once launched
         self.late = False  # a gradient changed after the launch: reduce again
+        self.flat: Tensor | None = None
+        self.wide: Tensor | None = None
+        self.slices: list[tuple[int, int]] = []
+        start = 0
+        for p in params:
+            self.slices.append((start, start + p.numel()))
+            start += p.numel()
+        self.numel = start
 
 
 class GradientAverager:
@@ -255,12 +273,20 @@ class GradientAverager:
     parameter twice in a step) is reduced again there. Every replica runs the same
     code on the same shapes, so all take the same path.
 
+    ``compression`` (``"bf16"`` or ``"fp16"``, the ``gradient_compression`` setting)
+    sends the weighted gradients in that dtype, half the bytes of float32, as DDP's
+    ``bf16_compress_hook``/``fp16_compress_hook`` do: each replica's share is rounded
+    before the sum and the sum is rounded again, so the replicas still end equal to
+    each other but no longer equal to one process.
+
     The weight of the batch being learnt is the head of ``weights``; it is consumed
     after the last optimiser of the update has stepped.
     """
 
-    def __init__(self, group: Any, replicas: int, bucket_bytes: int = BUCKET_BYTES) -> None:
+    def __init__(self, group: Any, replicas: int, bucket_bytes: int = BUCKET_BYTES,
+                 compression: str = "none") -> None:
         self.group, self.replicas, self.bucket_bytes = group, replicas, bucket_bytes
+        self.dtype = COMPRESSION[compression]
         self.weights: deque[float] = deque()
         self.bytes_reduced = 0  # payload handed to all_reduce by this process
         self.updates = 0
@@ -310,46 +336,51 @@ class GradientAverager:
             return
         bucket.ready.add(id(p))
         if len(bucket.ready) == len(bucket.params):
-            bucket.work = self._start(bucket.params, async_op=True)
+            bucket.work = self._start(bucket, async_op=True)
 
-    def _start(self, params: list[torch.nn.Parameter], async_op: bool):
-        weight = self._weight()
-        parts = [p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
-                 for p in params]
-        flags = torch.tensor([p.grad is not None for p in params], dtype=parts[0].dtype,
-                             device=parts[0].device)
-        flat = torch.cat([*parts, flags])
-        n = flat.numel() - len(params)
-        if weight:
-            flat[:n].mul_(weight)
-        else:  # an all-unlabelled slice: its mean losses may be NaN; it adds nothing
-            flat[:n].zero_()
+    def _start(self, bucket: _Bucket, async_op: bool):
+        """Write this replica's weighted gradients and flags into the bucket's buffer
+        (scaling and, with compression, rounding in the same pass) and reduce it."""
+        params, n = bucket.params, bucket.numel
+        if bucket.flat is None:
+            first = params[0]
+            bucket.flat = first.new_empty(n + len(params), dtype=self.dtype or first.dtype)
+        flat, weight = bucket.flat, self._weight()
+        for p, (a, b) in zip(params, bucket.slices, strict=True):
+            if p.grad is None or not weight:  # weight 0: an all-unlabelled slice, whose
+                flat[a:b].zero_()             # mean losses may be NaN; it adds nothing
+            else:
+                torch.mul(p.grad.reshape(-1), weight, out=flat[a:b])
+        for i, p in enumerate(params):
+            flat[n + i] = 1.0 if p.grad is not None else 0.0
         work = dist.all_reduce(flat, group=self.group, async_op=async_op)
         self.bytes_reduced += flat.numel() * flat.element_size()
-        return work, flat
+        return work
 
     @torch.no_grad()
     def _finish(self, buckets: list[_Bucket]) -> None:
         for bucket in buckets:
-            launched = bucket.work
-            if launched is not None:
-                launched[0].wait()
-            if launched is None or bucket.late:
-                _, flat = self._start(bucket.params, async_op=False)
-            else:
-                flat = launched[1]
+            if bucket.work is not None:
+                bucket.work.wait()
+            if bucket.work is None or bucket.late:
+                self._start(bucket, async_op=False)
             bucket.work, bucket.late = None, False
             bucket.ready.clear()
-            self._write_back(bucket.params, flat)
+            self._write_back(bucket)
 
-    def _write_back(self, params, flat: Tensor) -> None:
-        n = flat.numel() - len(params)
-        offset = 0
-        for p, has_grad in zip(params, flat[n:].tolist(), strict=True):
-            size = p.numel()
+    def _write_back(self, bucket: _Bucket) -> None:
+        flat, n = bucket.flat, bucket.numel
+        if self.dtype is not None:  # widen the compressed sums to the parameters' dtype
+            if bucket.wide is None:
+                bucket.wide = bucket.params[0].new_empty(n)
+            bucket.wide.copy_(flat[:n])
+            values = bucket.wide
+        else:
+            values = flat
+        flags = flat[n:].tolist()
+        for p, (a, b), has_grad in zip(bucket.params, bucket.slices, flags, strict=True):
             if has_grad:
-                p.grad = flat[offset:offset + size].view_as(p).to(p.dtype)
-            offset += size
+                p.grad = values[a:b].view_as(p).to(p.dtype)
 
     def _done(self, opt, args, kwargs) -> None:
         self.weights.popleft()

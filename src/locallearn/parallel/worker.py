@@ -146,7 +146,8 @@ class StageTrainer:
         schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
         averager = None
         if grid.replicas > 1:
-            averager = GradientAverager(self.groups.replica, grid.replicas)
+            averager = GradientAverager(self.groups.replica, grid.replicas,
+                                        compression=cfg.gradient_compression)
             broadcast_state(rule, self.groups.replica, src=grid.replica_ranks(rank)[0])
             averager.attach(optimizers)
             dataset = ShardedData(dataset, grid.replica, grid.replicas, averager)
@@ -432,7 +433,8 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
             summary = StageTrainer(config, run_info, stages, staleness, grid,
                                    groups).fit(rule, dataset)
         else:
-            averager = GradientAverager(groups.replica, replicas)
+            averager = GradientAverager(groups.replica, replicas,
+                                        compression=config.gradient_compression)
             trainer = ReplicaTrainer(config, dict(run_info, stages=1, replicas=replicas),
                                      grid, averager)
             data = ShardedData(dataset, grid.replica, replicas, averager, fail_test_hook(rank))

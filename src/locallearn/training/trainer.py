@@ -21,6 +21,7 @@ from locallearn.data.base import IGNORE_INDEX
 from locallearn.errors import UserError
 from locallearn.measure import hardware_info, measure_training_memory
 from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
+from locallearn.options import Option
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
     check_meta,
@@ -42,6 +43,11 @@ from locallearn.training.runfolder import (
     project_files,
     rewrite_metrics,
 )
+
+GRADIENT_COMPRESSION = Option(
+    "gradient_compression", str, "--replicas: the dtype the gradient all_reduce sends "
+    "(bf16/fp16 halve the bytes and break equality with one process)",
+    choices=("none", "bf16", "fp16"), default="none")
 
 
 @dataclass
@@ -72,6 +78,7 @@ class TrainConfig:
     freeze_blocks: bool = False
     # Per-epoch activity / alignment figures on a fixed training batch (metrics.jsonl).
     diagnostics: bool = True
+    gradient_compression: str = "none"  # GRADIENT_COMPRESSION; docs/parallel.md
     extra: dict[str, Any] = field(default_factory=dict)  # recorded in summary as given
 
     def validate(self) -> None:
@@ -93,6 +100,7 @@ class TrainConfig:
                 raise UserError(f"{name} must be a finite number >= 0, got {value}")
         if not 0 <= self.seed < 2**63:
             raise UserError(f"seed must be in 0..2**63-1, got {self.seed}")
+        GRADIENT_COMPRESSION.check("training setting", self.gradient_compression)
         if self.resume and not self.out:
             raise UserError("--resume needs --out pointing at the run directory to continue")
 
