@@ -123,3 +123,16 @@ def test_timed_steps_never_run_under_the_meter_and_measuring_changes_nothing(dig
     for a, b in zip(rule.parameters(), rule2.parameters(), strict=True):
         assert torch.equal(a, b)
     assert summary["test_accuracy"] == summary2["test_accuracy"]
+
+
+def test_ff_label_pass_in_chunks_holds_less():
+    # All ten labels at once hold 10 x 64 rows per layer under no_grad; one label at a
+    # time (label_pass_rows=64) holds 64, under the training pass's 128 rows.
+    def peaks(rows):
+        return memory_cell(Cell("memory", "ff", "digits", "mlp:256,256", 0, {"batch_size": 64},
+                                {"label_pass_rows": rows}), {"steps": 2}, None, "cpu")
+
+    whole, chunked = peaks(0), peaks(64)
+    assert chunked["activation_peak_bytes"] < whole["activation_peak_bytes"] / 2
+    assert chunked["peak_memory_bytes"] < whole["peak_memory_bytes"]
+    assert chunked["fixed_state_bytes"] == whole["fixed_state_bytes"]
