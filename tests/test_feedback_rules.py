@@ -140,6 +140,36 @@ def test_tpsgd_rejects_unknown_loss(digits):
                      digits.train.x[:32], digits.train.y[:32])
 
 
+
+def test_tpsgd_auto_loss_is_l1_on_dense_and_mse_on_conv_blocks(digits):
+    x, y = digits.train.x[:32], digits.train.y[:32]
+    for net, loss in (("mlp:16,16", "l1"), ("cnn:4,8", "mse")):
+        torch.manual_seed(0)
+        auto = create_rule("tpsgd", create_network(net, digits.input_shape, 10), digits.task)
+        torch.manual_seed(0)
+        named = create_rule("tpsgd", create_network(net, digits.input_shape, 10), digits.task,
+                            loss=loss)
+        for a, b in zip(auto.losses(x, y), named.losses(x, y), strict=True):
+            torch.testing.assert_close(a, b)
+        torch.manual_seed(0)
+        other = create_rule("tpsgd", create_network(net, digits.input_shape, 10), digits.task,
+                            loss="mse" if loss == "l1" else "l1")
+        assert not torch.allclose(auto.losses(x, y)[0], other.losses(x, y)[0])
+
+@pytest.mark.parametrize("name", ["drtp", "tpsgd"])
+def test_head_lr_sets_only_the_heads_step(name, digits):
+    """``head_lr`` reaches the head's optimiser and no block's: with a vanishing head
+    lr the head stays put (up to Adam's first step of ~lr) while the blocks move."""
+    torch.manual_seed(0)
+    net = create_network("mlp:16", digits.input_shape, digits.num_classes)
+    rule = create_rule(name, net, digits.task, head_lr=1e-9)
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    Trainer(TrainConfig(epochs=1, lr=1e-2, quiet=True, checkpoint=False,
+                        measure_memory=False, early_exit=False)).fit(rule, digits)
+    moved = {n: (p.detach() - before[n]).abs().max().item() for n, p in net.named_parameters()}
+    assert all(v < 1e-6 for n, v in moved.items() if n.startswith("head")), moved
+    assert all(v > 1e-3 for n, v in moved.items() if n.startswith("blocks")), moved
+
 # -- conv nets: targets per channel (drtp, tpsgd), pepita's conv update scaling ------------
 @pytest.fixture(scope="module")
 def mnist1d():
@@ -186,13 +216,15 @@ def test_drtp_signal_enters_before_pooling_per_channel(digits):
 
 def test_tpsgd_channel_max_targets_learn_shifted_signals(mnist1d):
     """On mnist1d (randomly shifted digits) per-channel targets on each channel's
-    strongest response learn where per-position targets cannot."""
+    strongest response learn where per-position targets cannot, under the mse loss
+    (the l1 loss, whose step does not shrink with the residual, gets further with
+    per-position targets: 0.47 against 0.57 here)."""
     accs = {}
     for target in ("max", "map"):
         torch.manual_seed(0)
         net = create_network("cnn:16,32", mnist1d.input_shape, mnist1d.num_classes)
-        accs[target] = _fit(create_rule("tpsgd", net, mnist1d.task, conv_target=target),
-                            mnist1d, epochs=5)
+        rule = create_rule("tpsgd", net, mnist1d.task, conv_target=target, loss="mse")
+        accs[target] = _fit(rule, mnist1d, epochs=5)
     assert accs["max"] > 0.45, accs  # chance 0.1
     assert accs["max"] > accs["map"] + 0.15, accs
 
