@@ -118,10 +118,10 @@ def test_report_shows_diagnostics(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "## Diagnostics at the last epoch" in md
     table = md.split("## Diagnostics at the last epoch")[1].split("##")[0].splitlines()
-    fa_row = next(line for line in table if line.startswith("| fa | digits"))
-    weight, gradient = fa_row.split(" | ")[3:5]
+    fa_row = next(line for line in table if line.startswith("| fa | no | digits"))
+    weight, gradient = fa_row.split(" | ")[4:6]
     assert len(weight.split()) == 2 and gradient.split()[-1] == "0"  # head: exact gradient
-    ff_row = next(line for line in table if line.startswith("| ff | digits"))
+    ff_row = next(line for line in table if line.startswith("| ff | no | digits"))
     assert ff_row.split(" | ")[-2] != "-"  # positive goodness logged
     page = (tmp_path / "report.html").read_text()
     for title in ("Alignment angles by epoch", "Activity by epoch",

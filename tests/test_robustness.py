@@ -93,4 +93,4 @@ settings: {attack: {kind: fgsm, eps: 1.0}}
 
     write_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
-    assert "## Robustness" in md and "| usf | digits | mlp:16 | fgsm | 1 |" in md
+    assert "## Robustness" in md and "| usf | no | digits | mlp:16 | fgsm | 1 |" in md

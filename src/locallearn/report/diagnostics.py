@@ -57,15 +57,18 @@ def diagnostics_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[list[st
     columns = [("weight_alignment", ".0f"), ("gradient_alignment", ".0f"), ("sparsity", ".2f"),
                ("dead_units", ".2f"), ("goodness_positive", ".2f"),
                ("goodness_negative", ".2f")]
-    table = [["rule", "data", "net", "weight align. deg", "gradient align. deg", "sparsity",
-              "dead units", "goodness pos", "goodness neg"]]
+    from locallearn.report.html import is_frozen
+
+    table = [["rule", "frozen", "data", "net", "weight align. deg", "gradient align. deg",
+              "sparsity", "dead units", "goodness pos", "goodness neg"]]
     for (data, net, rule, _), group in groups.items():
         cells = []
         for key, fmt in columns:
             curve = mean_by_epoch(group, key)
             cells.append(_fmt(curve[-1], fmt) if curve else "-")
         if any(c != "-" for c in cells):
-            table.append([str(rule), str(data), str(net), *cells])
+            table.append([str(rule), "yes" if is_frozen(group[0]) else "no", str(data),
+                          str(net), *cells])
     return table if len(table) > 1 else []
 
 
@@ -106,7 +109,9 @@ def diagnostics_plots(groups: dict[tuple, list[dict[str, Any]]], plt,
 
 def robustness_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[list[str]]:
     """Clean and attacked test accuracy of suites run with ``settings: {attack: ...}``."""
-    table = [["rule", "data", "net", "attack", "eps (raw input units)", "seeds",
+    from locallearn.report.html import is_frozen
+
+    table = [["rule", "frozen", "data", "net", "attack", "eps (raw input units)", "seeds",
               "clean accuracy", "attacked accuracy"]]
     for (data, net, rule, _), group in groups.items():
         hits = [g["robustness"] for g in group if g.get("robustness")]
@@ -114,7 +119,8 @@ def robustness_table(groups: dict[tuple, list[dict[str, Any]]]) -> list[list[str
             continue
         attack = hits[0]["attack"] + (f" ({hits[0]['steps']} steps)"
                                       if hits[0]["attack"] == "pgd" else "")
-        table.append([str(rule), str(data), str(net), attack, f"{hits[0]['eps']:g}",
+        table.append([str(rule), "yes" if is_frozen(group[0]) else "no", str(data), str(net),
+                      attack, f"{hits[0]['eps']:g}",
                       str(len(hits)), _mean_std([h["clean_accuracy"] for h in hits]),
                       _mean_std([h["attacked_accuracy"] for h in hits])])
     return table if len(table) > 1 else []
