@@ -14,7 +14,9 @@ validation split:
 
 The probe on the raw inputs is printed as ``input``. Selection never uses these figures.
 
-    PYTHONPATH=src python benchmarks/block_codes.py --rules tpsgd,drtp,dfa --seed 0
+    PYTHONPATH=src python benchmarks/block_codes.py --rules tpsgd,tpsgd:loss=mse,drtp,dfa
+
+A rule may carry options after a colon (``tpsgd:loss=mse``, several joined by ``;``).
 """
 
 from __future__ import annotations
@@ -61,22 +63,24 @@ def spectrum(h: Tensor) -> tuple[float, int]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rules", default="tpsgd,drtp,dfa")
+    p.add_argument("--rules", default="tpsgd,tpsgd:loss=mse,drtp,dfa")
     p.add_argument("--data", default="mnist5k")
     p.add_argument("--net", default="mlp:500,500")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
-    rules = args.rules.split(",")
-    runs = [(r, False) for r in rules] + [(rules[0], True)]
+    specs = args.rules.split(",")
+    runs = [(s, False) for s in specs] + [(specs[0], True)]
     print("| run | block | dead | pr | r90 | probe (val) |\n|---|---|---|---|---|---|")
-    for name, frozen in runs:
+    for spec, frozen in runs:
+        name, _, opts = spec.partition(":")
+        options = dict(o.split("=", 1) for o in opts.split(";") if o)
         res = train(name, args.data, args.net, seed=args.seed, quiet=True, checkpoint=False,
                     measure_memory=False, early_exit=False, diagnostics=False,
-                    freeze_blocks=frozen)
+                    freeze_blocks=frozen, rule_options=options)
         rule, data = res.rule, res.dataset
         classes = data.task.num_classes
-        label = f"`{name}`" + (" frozen" if frozen else "")
+        label = f"`{spec}`" + (" frozen" if frozen else "")
         pairs = zip(block_features(rule, data.train.x), block_features(rule, data.val.x),
                     strict=True)
         for k, (htr, hva) in enumerate(pairs):
