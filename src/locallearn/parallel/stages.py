@@ -7,9 +7,15 @@ backward pass (no backward locking). Each stage runs::
 
     for each micro-batch t (same order on every stage, from the shared seed):
         h = prepare(x, y)            if first stage   else   h = recv(stage s-1)
-        for k in my blocks:  h = block_k(block_input(k, h));  loss_k = block_loss(k, h, y)
+        losses, h = rule.block_range(my blocks, h, y)    # the rule's own block step
         isend(h, stage s+1)          unless last stage (last stage: head loss)
         backward(sum of my losses);  step my optimisers
+
+The block step is the one the rule's one-process loop runs on all blocks
+(:meth:`BlockwiseRule.block_range`; for the other stagings
+:meth:`ErrorBroadcastRule.forward_range` / :meth:`~ErrorBroadcastRule.signal_losses`
+and the FF family's ``goodness_range``), so a rule's algorithm is written once; this
+module adds only what crosses stage boundaries.
 
 Every stage loads the dataset itself (deterministic from the seed), so labels
 reach every stage without messages. Because each block's update depends only
@@ -36,7 +42,7 @@ from __future__ import annotations
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -323,12 +329,7 @@ class BlockwiseStage:
         """One micro-batch. Every stage has its own copy of the batch ``x`` (on the CPU)
         and the labels ``y``; ``upcoming`` is the next batch of the epoch, if any."""
         rule, ctx = self.rule, self.ctx
-        h = self.stage_input(x, y, upcoming)
-        losses = []
-        for k in ctx.blocks:
-            h = rule.network.blocks[k](rule.block_input(k, h))
-            if rule.block_learns(k):
-                losses.append(rule.block_loss(k, h, y))
+        losses, h = drain(rule.block_range(ctx.blocks, self.stage_input(x, y, upcoming), y))
         if not ctx.last:
             self.channel.send(h, self.rows(x))
         elif rule.head_learns:
@@ -338,6 +339,16 @@ class BlockwiseStage:
     def flush(self) -> None:
         """End of epoch: finish what is in flight."""
         self.channel.flush()
+
+
+def drain(steps: Generator[Tensor, None, Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Everything a block-range step yields (its losses) and what it returns (the output)."""
+    losses = []
+    while True:
+        try:
+            losses.append(next(steps))
+        except StopIteration as done:
+            return losses, done.value
 
 
 @contextmanager
@@ -412,17 +423,11 @@ class ErrorBroadcastStage(SignalStage):
     # A pending entry: (labels, rows, block outputs).
 
     def _forward(self, h: Tensor) -> list[tuple[int, Tensor]]:
-        outputs = []
         with self.stash():
-            for k in self.ctx.blocks:
-                h = self.rule.network.blocks[k](h.detach())
-                outputs.append((k, h))
-        return outputs
+            return self.rule.forward_range(self.ctx.blocks, h)
 
     def _losses(self, outputs, signal: Tensor, y: Tensor) -> list[Tensor]:
-        blocks = self.rule.network.blocks
-        return [self.rule.signal_loss(k, h_k, signal, y) for k, h_k in outputs
-                if blocks[k].trainable]
+        return list(self.rule.signal_losses(outputs, signal, y))
 
     def first_input(self, x, y: Tensor) -> Tensor:
         return to_device(x, self.ctx.device)
@@ -471,14 +476,8 @@ class SharedGoodnessStage(SignalStage):
         # A pending entry: (rows, own layers' goodness).
 
     def _forward(self, h: Tensor) -> tuple[Tensor, list[Tensor]]:
-        rule, goodness = self.rule, []
         with self.stash():
-            for k in self.ctx.blocks:
-                block = rule.network.blocks[k]
-                h = block(rule.block_input(k, h))
-                if block.trainable:
-                    goodness.append(rule.layer_goodness(k, h))
-        return h, goodness
+            return self.rule.goodness_range(self.ctx.blocks, h)
 
     def _losses(self, goodness: list[Tensor], total: Tensor) -> list[Tensor]:
         return [self.rule.shared_loss(g, total - g.detach(), self.layers) for g in goodness]

@@ -21,7 +21,7 @@ PEPITA, ...) return a surrogate whose gradient *is* the update, e.g.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, ClassVar
@@ -264,18 +264,19 @@ def cross_entropy(scores: Tensor, y: Tensor) -> Tensor:
 class BlockwiseRule(Rule):
     """A rule whose block ``k`` learns from its own output, its input and the labels only.
 
-    Subclasses describe one block's step; the class strings them together::
+    Subclasses describe one block's step; :meth:`block_range` strings blocks together::
 
         h = prepare(x, y)                       # e.g. write labels into the input
-        for k, block in enumerate(blocks):
-            out = block(block_input(k, h))      # block_input detaches (and may normalise)
+        for k in blocks:                        # block_range(blocks, h, y)
+            out = block_k(block_input(k, h))    # block_input detaches (and may normalise)
             loss_k = block_loss(k, out, y)      # the block's own objective
             h = out
         loss_head = head_loss(h, y)             # the head learns on detached features
 
     Because nothing but ``h`` crosses a block boundary, such rules can also be
     split into pipeline stages (:mod:`locallearn.parallel`) with no signal
-    sent backwards.
+    sent backwards: a stage runs :meth:`block_range` on its own blocks, the
+    one-process loop (:meth:`iter_losses`) on all of them.
     """
 
     # True when the network's head is the last block's own readout (trained by the
@@ -353,12 +354,19 @@ class BlockwiseRule(Rule):
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))
 
-    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
-        h = self.prepare(x, y)
-        for k, block in enumerate(self.network.blocks):
-            h = block(self.block_input(k, h))
+    def block_range(self, blocks: range, h: Tensor, y: Tensor) -> Generator[Tensor, None, Tensor]:
+        """Blocks ``blocks`` on ``h`` (``prepare``'s output or the block before's): yields
+        each learning block's loss as soon as it exists (so its graph can be freed before
+        the next block runs) and returns the last block's output."""
+        for k in blocks:
+            h = self.network.blocks[k](self.block_input(k, h))
             if self.block_learns(k):
                 yield self.block_loss(k, h, y)
+        return h
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        blocks = range(len(self.network.blocks))
+        h = yield from self.block_range(blocks, self.prepare(x, y), y)
         if self.head_learns:
             yield self.head_loss(h, y)
 
@@ -392,17 +400,18 @@ class ErrorBroadcastRule(Rule):
     The signal (DFA's output error) is computed once from the head's scores and sent
     to every block; nothing else crosses a block boundary backwards::
 
-        for k, block in enumerate(blocks):
-            h_k = block(h_{k-1}.detach())
+        for k in blocks:                        # forward_range(blocks, h)
+            h_k = block_k(h_{k-1}.detach())
         scores = head(h_L.detach())
         e = output_signal(scores, y)            # a constant for the blocks
-        loss_k = signal_loss(k, h_k, e, y)      # block k's own objective
+        loss_k = signal_loss(k, h_k, e, y)      # signal_losses(outputs, e, y)
         loss_head = head_loss(scores, y)
 
     Because block k needs only ``e``, such rules can be split into pipeline stages
     (:mod:`locallearn.parallel`): the last stage sends ``e`` back to the others in one
     message per micro-batch, and a stage may apply it up to ``--staleness`` micro-batches
-    late.
+    late. A stage runs :meth:`forward_range` and :meth:`signal_losses` on its own
+    blocks, the one-process loop (:meth:`iter_losses`) on all of them.
     """
 
     def param_groups(self) -> list[ParamGroup]:
@@ -442,15 +451,27 @@ class ErrorBroadcastRule(Rule):
     def losses(self, x: Tensor, y: Tensor) -> list[Tensor]:
         return list(self.iter_losses(x, y))
 
-    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
-        h, outputs = x, []
-        for block in self.network.blocks:
-            h = block(h.detach())
-            outputs.append(h)
-        scores, signal = self.error_signal(h, y)
-        for k, block in enumerate(self.network.blocks):
-            h_k, outputs[k] = outputs[k], None
-            if block.trainable:
+    def forward_range(self, blocks: range, h: Tensor) -> list[tuple[int, Tensor]]:
+        """Blocks ``blocks`` on ``h``, each on its input detached: ``(k, output)`` of every
+        block, kept (with their graphs) until the signal exists."""
+        outputs = []
+        for k in blocks:
+            h = self.network.blocks[k](h.detach())
+            outputs.append((k, h))
+        return outputs
+
+    def signal_losses(self, outputs: list[tuple[int, Tensor]], signal: Tensor,
+                      y: Tensor) -> Iterator[Tensor]:
+        """Each trainable block's loss from its output and the signal. Outputs leave the
+        list as their loss is made, so a block's graph is freed once it is backwarded."""
+        while outputs:
+            k, h_k = outputs.pop(0)
+            if self.network.blocks[k].trainable:
                 yield self.signal_loss(k, h_k, signal, y)
+
+    def iter_losses(self, x: Tensor, y: Tensor) -> Iterator[Tensor]:
+        outputs = self.forward_range(range(len(self.network.blocks)), x)
+        scores, signal = self.error_signal(outputs[-1][1] if outputs else x, y)
+        yield from self.signal_losses(outputs, signal, y)
         if self.head_learns:
             yield self.head_loss(scores, y)

@@ -246,6 +246,18 @@ class GoodnessRule(BlockwiseRule):
     def layer_goodness(self, k: int, out: Tensor) -> Tensor:
         return goodness(out, self.goodness_kind)
 
+    def goodness_range(self, blocks: range, h: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Blocks ``blocks`` on ``h``: the last output and each trainable block's goodness
+        (positive rows, then negative). A rule whose losses need every layer's goodness
+        (cff) runs it on all blocks; its pipeline stages on their own."""
+        found = []
+        for k in blocks:
+            block = self.network.blocks[k]
+            h = block(self.block_input(k, h))
+            if block.trainable:
+                found.append(self.layer_goodness(k, h))
+        return h, found
+
     def pair_loss(self, g_pos: Tensor, g_neg: Tensor) -> Tensor:
         """Hinton's logistic loss: p(positive) = sigmoid(goodness - threshold)."""
         return (F.softplus(self.threshold - g_pos) + F.softplus(g_neg - self.threshold)).mean()
@@ -314,11 +326,8 @@ class GoodnessRule(BlockwiseRule):
             yield from self.losses(x, y)
             return
         acts, y_neg = self._negatives(x, y)
-        h = self.prepare(x, y, y_neg)
-        for k, block in enumerate(self.network.blocks):
-            h = block(self.block_input(k, h))
-            if block.trainable:
-                yield self.block_loss(k, h, y)
+        yield from self.block_range(range(len(self.network.blocks)),
+                                    self.prepare(x, y, y_neg), y)
         if self.trains_readout:  # on detached activities of the neutral-label pass
             yield cross_entropy(self.readout(acts), y)
 
@@ -326,15 +335,10 @@ class GoodnessRule(BlockwiseRule):
         if self.streams_losses:
             return list(self.iter_losses(x, y))
         acts, y_neg = self._negatives(x, y)
-        h = self.prepare(x, y, y_neg)
-        g_pos, g_neg = [], []
-        for k, block in enumerate(self.network.blocks):
-            h = block(self.block_input(k, h))
-            if block.trainable:
-                p, n = self.layer_goodness(k, h).chunk(2)
-                g_pos.append(p)
-                g_neg.append(n)
-        out = self.layer_losses(g_pos, g_neg)
+        _, goodness = self.goodness_range(range(len(self.network.blocks)),
+                                          self.prepare(x, y, y_neg))
+        halves = [g.chunk(2) for g in goodness]
+        out = self.layer_losses([p for p, _ in halves], [n for _, n in halves])
         if self.trains_readout:  # on detached activities of the neutral-label pass
             out.append(cross_entropy(self.readout(acts), y))
         return out
