@@ -24,6 +24,19 @@ def cli_env(*args, env=None, timeout=120):
                           text=True, timeout=timeout, env=full_env)
 
 
+FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "faults")
+
+
+def kill_env(rank: int, after: int, env=None) -> dict:
+    """Environment in which process ``rank`` of a run SIGKILLs itself at training batch
+    ``after`` (the test-only plugin in tests/faults; see its docstring)."""
+    env = dict(os.environ if env is None else env)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = FAULTS if not path else f"{FAULTS}{os.pathsep}{path}"
+    env.update(LOCALLEARN_TEST_KILL_RANK=str(rank), LOCALLEARN_TEST_KILL_AFTER=str(after))
+    return env
+
+
 def train_ok(*args, out, timeout=120) -> dict:
     """``locallearn train ARGS --out OUT`` must succeed; its summary."""
     r = cli_env("train", *args, "--out", str(out), timeout=timeout)

@@ -11,7 +11,15 @@ import torch
 
 from locallearn.parallel.stages import partition
 from locallearn.training.checkpoint import load_checkpoint
-from runhelpers import ARGS, assert_same_weights, cli_env, rule_tensors, run_cli, train_ok
+from runhelpers import (
+    ARGS,
+    assert_same_weights,
+    cli_env,
+    kill_env,
+    rule_tensors,
+    run_cli,
+    train_ok,
+)
 
 
 def exact_and_stale(tmp_path, args, stages: int, staleness: int) -> tuple[dict, dict]:
@@ -69,6 +77,16 @@ def test_two_stages_end_with_the_weights_of_one_process(staged_runs):
     one_act = s1["memory"]["activation_peak_bytes"]
     assert all(0 < m["activation_peak_bytes"] <= 1.25 * one_act for m in mems)
     assert s2["peak_memory_bytes"] == sum(m["peak_memory_bytes"] for m in mems)
+    # One epoch loop: stage 0 logs the records one process logs (diagnostics included),
+    # with the stages' losses in the one process's group order.
+    def records(run):
+        return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+    r1, r2 = records(one), records(two)
+    assert [r.keys() for r in r1] == [r.keys() for r in r2] and "diagnostics" in r2[0]
+    for a, b in zip(r1, r2, strict=True):
+        assert a["val_accuracy"] == b["val_accuracy"] and a["samples"] == b["samples"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
 def test_staged_resume_continues_exactly(staged_runs):
@@ -82,7 +100,7 @@ def test_staged_resume_continues_exactly(staged_runs):
 def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):
     out = tmp_path / "run"
     # digits train split has 1293 samples -> 21 steps per epoch at batch 64: die in epoch 2.
-    env = {"LOCALLEARN_FAIL_STAGE": "1", "LOCALLEARN_FAIL_AFTER_STEPS": "30"}
+    env = kill_env(rank=1, after=30)
     start = time.monotonic()
     r = cli_env("train", *ARGS, "--epochs", "5", "--stages", "2", "--out", str(out), env=env,
                 timeout=90)

@@ -1,7 +1,6 @@
 """Data-parallel replicas (--replicas) and the stages x replicas grid, on gloo (CPU)."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -13,7 +12,15 @@ import torch
 from locallearn.errors import UserError
 from locallearn.parallel.replicas import Grid, resolve_grid, shard, shard_bounds
 from locallearn.training.checkpoint import load_checkpoint
-from runhelpers import ARGS, assert_same_weights, cli_env, rule_tensors, run_cli, train_ok
+from runhelpers import (
+    ARGS,
+    assert_same_weights,
+    cli_env,
+    kill_env,
+    rule_tensors,
+    run_cli,
+    train_ok,
+)
 
 
 def cli(*args, env=None, timeout=180):
@@ -241,7 +248,7 @@ def test_backprop_replicas_resume_and_match_one_process(tmp_path):
 def test_a_killed_replica_stops_the_run_with_one_line(tmp_path):
     out = tmp_path / "run"
     # 21 steps per epoch at batch 64: replica 1 dies in epoch 2, after epoch 1's checkpoint.
-    env = {"LOCALLEARN_FAIL_STAGE": "1", "LOCALLEARN_FAIL_AFTER_STEPS": "30"}
+    env = kill_env(rank=1, after=30)
     start = time.monotonic()
     r = cli("train", *ARGS, "--epochs", "5", "--replicas", "2", "--out", str(out), env=env,
             timeout=120)
@@ -287,7 +294,7 @@ def test_torchrun_restarts_a_killed_replica_from_the_last_checkpoint(one_process
     """Replica 1 dies in epoch 2 once; torchrun --max-restarts 1 starts both again, they
     resume from epoch 1's checkpoint by themselves and end with one process's weights."""
     out = tmp_path / "run"
-    env = dict(os.environ, LOCALLEARN_FAIL_STAGE="1", LOCALLEARN_FAIL_AFTER_STEPS="30")
+    env = kill_env(rank=1, after=30)
     r = subprocess.run([*torchrun("--nproc-per-node", "2", "--max-restarts", "1"), *ARGS,
                         "--epochs", "2", "--out", str(out)],
                        capture_output=True, text=True, timeout=240, env=env)

@@ -115,8 +115,7 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
         return summary or {}
 
     from locallearn.training.run import make_config
-    from locallearn.training.runfolder import RunLock
-    from locallearn.training.trainer import Trainer
+    from locallearn.training.runfolder import RunLock, prepare_run_dir
 
     # Bad settings are caught here, before any stage starts.
     train_keys = {k: v for k, v in settings.items()
@@ -132,7 +131,7 @@ def launch(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
     lock = RunLock(out_dir).acquire() if out_dir is not None else None
     try:
         if out_dir is not None:
-            Trainer(config)._prepare_out()
+            prepare_run_dir(out_dir, config.resume, config.overwrite)
         return _run_stages(args, out_dir, quiet, grid, threads)
     finally:
         if lock is not None:

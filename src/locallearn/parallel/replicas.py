@@ -31,7 +31,7 @@ import os
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -191,12 +191,9 @@ class ShardedData:
     run draws what the uninterrupted one did.
     """
 
-    def __init__(self, dataset, replica: int, replicas: int, averager: GradientAverager,
-                 on_step: Callable[[int], None] | None = None) -> None:
+    def __init__(self, dataset, replica: int, replicas: int, averager: GradientAverager) -> None:
         self.dataset, self.replica, self.replicas = dataset, replica, replicas
         self.averager = averager
-        self.on_step = on_step  # called with the run's step count (a test's fault hook)
-        self.steps = 0
         self.epoch_samples = 0  # rows of the global batches of the current epoch
 
     def __getattr__(self, name: str) -> Any:
@@ -217,9 +214,6 @@ class ShardedData:
             x_r, y_r, weight = shard(x, y, self.replica, self.replicas)
             self.epoch_samples += int(y.shape[0])
             self.averager.weights.append(weight)
-            if self.on_step is not None:
-                self.on_step(self.steps)
-            self.steps += 1
             yield x_r, y_r
 
 

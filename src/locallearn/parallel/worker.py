@@ -1,8 +1,12 @@
-"""One stage of a layer-parallel run: the loop each stage process executes.
+"""One stage of a layer-parallel run: what each stage process executes.
 
-Rank 0 also plays the role of the single-process Trainer's bookkeeping: at
-each epoch end the stages send it their parameters, it evaluates the whole
-network, writes ``metrics.jsonl``, the merged ``checkpoint.*`` / ``best.*``
+The epochs run in the loop of one-process training
+(:func:`locallearn.training.loop.run_epochs`); a stage passes its own epoch (its
+blocks' steps, sending activations on) and its own close of an epoch. Rank 0 keeps
+the run log (:class:`~locallearn.training.runlog.RunLog`): at each epoch end the
+stages send it their parameters, it judges the whole network as one process does
+(:func:`~locallearn.training.loop.judge_epoch`), writes ``metrics.jsonl``, the merged
+``checkpoint.*`` / ``best.*``
 (the same format as a one-process run, so ``inspect``/``prune`` read it) and
 finally ``summary.json``. Every stage writes its own part, ``stageR-eEPOCH.safetensors``
 (parameters, optimiser state, RNG, run id), from which ``--resume`` continues.
@@ -18,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, replace
@@ -33,6 +36,7 @@ from torch import Tensor
 
 from locallearn.errors import UserError
 from locallearn.measure import measure_step_memory
+from locallearn.measure.diagnostics import probe_batch
 from locallearn.parallel.replicas import (
     GradientAverager,
     Grid,
@@ -64,13 +68,11 @@ from locallearn.training.checkpoint import (
     state_tensors,
     write_json_atomic,
 )
-from locallearn.training.optim import make_optimizer, make_schedule
-from locallearn.training.runfolder import RunLock, new_run_id, rewrite_metrics
-from locallearn.training.trainer import TrainConfig, Trainer, resolve_device
-
-# Test hook: the stage with this rank kills itself (SIGKILL) after this many steps.
-FAIL_STAGE_ENV = "LOCALLEARN_FAIL_STAGE"
-FAIL_AFTER_ENV = "LOCALLEARN_FAIL_AFTER_STEPS"
+from locallearn.training.loop import judge_epoch, run_epochs
+from locallearn.training.optim import optimizers_for, schedules_for
+from locallearn.training.runfolder import RunLock, new_run_id, prepare_run_dir
+from locallearn.training.runlog import RunLog
+from locallearn.training.trainer import TrainConfig, Trainer, check_same_run, resolve_device
 
 
 def owned_state(rule, groups, ctx: StageContext) -> dict[str, torch.Tensor]:
@@ -139,11 +141,8 @@ class StageTrainer:
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
         groups = stage_groups(rule, ctx.blocks, ctx.last)
-        optimizers = [make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
-                                     lr=g.options.get("lr", cfg.lr),
-                                     weight_decay=g.options.get("weight_decay", cfg.weight_decay),
-                                     momentum=cfg.momentum) for g in groups]
-        schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
+        optimizers = optimizers_for(groups, cfg)
+        schedules = schedules_for(optimizers, cfg)
         averager = None
         if grid.replicas > 1:
             averager = GradientAverager(self.groups.replica, grid.replicas,
@@ -159,8 +158,10 @@ class StageTrainer:
                            self.run_info)
         writes = lead and self.out is not None and cfg.checkpoint
         if book is not None and lead and not cfg.resume:
-            if "LOCALLEARN_STAGE_ARGS" not in os.environ:  # the launcher did it, and
-                book._prepare_out()  # clearing again would delete the stages' open logs
+            # The launcher prepared the folder, and clearing it again would delete the
+            # stages' open logs; under torchrun rank 0 prepares it.
+            if self.out is not None and "LOCALLEARN_STAGE_ARGS" not in os.environ:
+                prepare_run_dir(self.out, resume=False, overwrite=cfg.overwrite)
             self.run_info["run_id"] = new_run_id()
             if self.out is not None:
                 write_json_atomic(self.out / "config.json", {"train": asdict(cfg),
@@ -171,89 +172,65 @@ class StageTrainer:
             dist.broadcast_object_list(run_id, src=0)
             self.run_info["run_id"] = run_id[0]
 
-        start_epoch, history = 0, []
-        best = {"val_accuracy": -1.0, "epoch": -1}
+        # Stage 0 keeps the run log (replica 0's writes metrics.jsonl); every stage times
+        # its own epochs.
+        log = RunLog(self.out if rank == 0 and lead else None, cfg.patience)
+        start_epoch = 0
         if cfg.resume:
-            start_epoch, best, history = self._resume(rule, optimizers, schedules, rank, world)
-
+            start_epoch = self._resume(rule, optimizers, schedules, rank, world, log)
+        if book is not None:
+            book.log = log  # its finish restores the best epoch kept in memory
+        probe = probe_batch(dataset, self.device) if rank == 0 and cfg.diagnostics else None
         channel = ActivationChannel(ctx, signals_in_flight=self.staleness + 1)
         stage = make_stage(rule, ctx, channel, optimizers, self.staleness)
-        fail_rank = int(os.environ.get(FAIL_STAGE_ENV, "-1"))
-        fail_after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
-        steps = 0
-        train_seconds = sum(h["train_seconds"] for h in history)
-        samples_seen = sum(h["samples"] for h in history)
-        stopped_early = False
-        for epoch in range(start_epoch, cfg.epochs):
-            rule.train()
-            dist.barrier(group=pipe)
-            t0 = time.perf_counter()
-            n_samples = 0
-            batches = dataset.loader("train", cfg.batch_size, shuffle=True,
-                                     seed=cfg.seed * 100_003 + epoch)
+        timed = {"seconds": log.train_seconds}
+
+        def train_epoch(batches) -> tuple[list[float], int]:
+            rows = 0
             for (x, y), upcoming in with_upcoming(batches):
-                if grid.rank == fail_rank and steps == fail_after:
-                    os.kill(os.getpid(), 9)
                 y = y.to(self.device)
                 stage.step(x, y, upcoming)
-                n_samples += int(y.shape[0])
-                steps += 1
+                rows += int(y.shape[0])
             stage.flush()
             if averager is not None:  # the rows of the global batches, not this slice's
-                n_samples = dataset.epoch_samples
-            for sch in schedules:
-                if sch is not None:
-                    sch.step()
-            rule.on_epoch_end(epoch)
-            dist.barrier(group=pipe)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            samples_seen += n_samples
+                rows = dataset.epoch_samples
+            return stage.epoch_losses(), rows
 
-            # Rank 0 gathers the stages' parameters and evaluates the whole network.
+        def close_epoch(epoch: int, losses: list[float], seconds: float, rows: int) -> bool:
+            timed["seconds"] += seconds
+            # Stage 0 gathers the stages' parameters and losses and judges the whole network.
             parts = [None] * world if rank == 0 else None
             dist.gather_object(owned_state(rule, groups, ctx), parts, dst=head, group=pipe)
             losses_all = [None] * world if rank == 0 else None
-            dist.gather_object(stage.epoch_losses(), losses_all, dst=head, group=pipe)
-            decision = [None]
+            dist.gather_object(losses, losses_all, dst=head, group=pipe)
+            stop = [None]
             if rank == 0:
-                merged = {k: v for part in parts for k, v in part.items()}
-                rule.load_state_dict(merged, strict=False)
-                val = book._evaluate(rule, dataset, "val")
-                rule.on_validation(val)
-                record = {"epoch": epoch, "loss": [v for part in losses_all for v in part],
-                          "val_accuracy": val["accuracy"],
-                          "val_per_block_accuracy": val["per_block_accuracy"],
-                          "train_seconds": epoch_seconds, "samples": n_samples,
-                          "elapsed_train_seconds": train_seconds}
-                history.append(record)
-                book._log(record)
-                # an empty validation split has no accuracy (None): no best epoch
-                improved = val["accuracy"] is not None and val["accuracy"] > best["val_accuracy"]
-                if improved:
-                    best = {"val_accuracy": val["accuracy"], "epoch": epoch}
+                rule.load_state_dict({k: v for part in parts for k, v in part.items()},
+                                     strict=False)
+                record, improved = judge_epoch(
+                    log, rule, dataset, epoch, [v for part in losses_all for v in part],
+                    seconds, rows, self.device, cfg.eval_batch_size, probe)
+                log.write(record)
                 if writes:
-                    meta = {"epoch": epoch, "best": best, "history": history, "optimizers": [],
-                            "schedules": [], "rule_extra": rule.extra_state(),
-                            "run": self.run_info}
-                    tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
-                    tensors["rng.torch"] = torch.get_rng_state()
-                    merged_save = (tensors, meta, improved)
+                    merged = self._merged_state(rule, epoch, log)
                 if not cfg.quiet:
-                    print(f"epoch {epoch + 1}/{cfg.epochs}: val accuracy {val['accuracy']:.4f} "
-                          f"({epoch_seconds:.1f} s)", file=sys.stderr, flush=True)
-                stop = bool(cfg.patience and epoch - best["epoch"] >= cfg.patience)
-                decision = [{"stop": stop, "best": best}]
-            dist.broadcast_object_list(decision, src=head, group=pipe)
-            best = decision[0]["best"]
+                    val = record["val_accuracy"]
+                    print(f"epoch {epoch + 1}/{cfg.epochs}: val accuracy "
+                          f"{'-' if val is None else f'{val:.4f}'} ({seconds:.1f} s)",
+                          file=sys.stderr, flush=True)
+                stop = [log.should_stop(epoch)]
+            dist.broadcast_object_list(stop, src=head, group=pipe)
             if writes:
                 self._save_stage(rule, groups, ctx, optimizers, schedules, epoch)
                 dist.barrier(group=pipe)  # every stage's part of this epoch is on disk
                 if rank == 0:
-                    self._commit(*merged_save)
-            if decision[0]["stop"]:
-                stopped_early = True
-                break
+                    self._commit(*merged, improved)
+            return stop[0]
+
+        stopped_early = run_epochs(range(start_epoch, cfg.epochs), rule, dataset, cfg,
+                                   schedules, train_epoch, close_epoch,
+                                   sync=lambda: dist.barrier(group=pipe))
+        train_seconds = timed["seconds"]
 
         parts = [None] * world if rank == 0 else None
         dist.gather_object(owned_state(rule, groups, ctx), parts, dst=head, group=pipe)
@@ -274,21 +251,29 @@ class StageTrainer:
         dist.gather_object(stage_info, infos, dst=head, group=pipe)
         summary = None
         if rank == 0 and lead:
-            summary = self._finish(book, rule, dataset, parts, infos, history, best,
-                                   stopped_early, train_seconds, samples_seen)
+            summary = self._finish(book, rule, dataset, parts, infos, log, stopped_early)
         # Nobody tears the process group down while rank 0 still evaluates: a peer that
         # exits early can abort gloo's threads in the others ("terminate called ...").
         dist.barrier()
         return summary
 
-    def _finish(self, book: Trainer, rule, dataset, parts, infos, history, best,
-                stopped_early: bool, train_seconds: float, samples_seen: int) -> dict[str, Any]:
+    def _merged_state(self, rule, epoch: int, log: RunLog) -> tuple[dict, dict]:
+        """Stage 0, with every stage's parameters loaded: the merged checkpoint's tensors
+        and metadata (the one-process format, without optimiser state)."""
+        meta = {"epoch": epoch, "best": log.best, "history": log.history, "optimizers": [],
+                "schedules": [], "rule_extra": rule.extra_state(), "run": self.run_info}
+        tensors = {f"rule.{k}": v for k, v in rule.state_dict().items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        return tensors, meta
+
+    def _finish(self, book: Trainer, rule, dataset, parts, infos, log: RunLog,
+                stopped_early: bool) -> dict[str, Any]:
         """Rank 0: merge the stages' parameters, test, and write ``summary.json``."""
         merged = {k: v for part in parts for k, v in part.items()}
         rule.load_state_dict(merged, strict=False)
-        return book.finish(rule, dataset, history=history, best=best,
-                           stopped_early=stopped_early, train_seconds=train_seconds,
-                           samples_seen=samples_seen,
+        return book.finish(rule, dataset, history=log.history, best=log.best,
+                           stopped_early=stopped_early, train_seconds=log.train_seconds,
+                           samples_seen=log.samples_seen,
                            measured={"peak_memory_bytes": None if infos[0]["peak_memory_bytes"]
                                      is None else sum(i["peak_memory_bytes"] for i in infos),
                                      "stage_info": infos})
@@ -341,9 +326,9 @@ class StageTrainer:
         save_checkpoint(self.out, tensors, meta, stem=f"stage{ctx.rank}-e{epoch}",
                         keep_previous=False, mirror=False)
 
-    def _resume(self, rule, optimizers, schedules, rank: int, world: int):
-        from locallearn.training.trainer import check_same_run
-
+    def _resume(self, rule, optimizers, schedules, rank: int, world: int,
+                log: RunLog) -> int:
+        """Load this stage's part of the last committed epoch; the first epoch to train."""
         # Rank 0 picks the newest good merged checkpoint; its epoch names the stage parts.
         chosen = [None]
         if rank == 0:
@@ -378,12 +363,9 @@ class StageTrainer:
                             f"({type(exc).__name__}: {first}); start again with "
                             f"--overwrite") from None
         torch.set_rng_state(tensors["rng.torch"])
-        best, history = main_meta["best"], main_meta["history"]
         if rank == 0:
             rule.load_extra_state(main_meta.get("rule_extra", {}))
-            if self.grid.replica == 0:
-                rewrite_metrics(self.out / "metrics.jsonl", history)
-        return epoch + 1, best, history
+        return log.resume(main_meta)  # rewrites metrics.jsonl where the log writes it
 
 
 def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bool,
@@ -425,7 +407,6 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
             dist.broadcast_object_list(found, src=0)  # rank 0's folder decides
             resume, overwrite = found[0], not found[0]
             config = replace(config, resume=resume, overwrite=overwrite)
-            os.environ.pop(FAIL_STAGE_ENV, None)  # the tests' kill hook fires once, not again
         groups = make_groups(grid)
         dataset, _, rule = spec.build()
         check_replicable(dataset, config.batch_size, replicas)
@@ -437,7 +418,7 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
                                         compression=config.gradient_compression)
             trainer = ReplicaTrainer(config, dict(run_info, stages=1, replicas=replicas),
                                      grid, averager)
-            data = ShardedData(dataset, grid.replica, replicas, averager, fail_test_hook(rank))
+            data = ShardedData(dataset, grid.replica, replicas, averager)
             summary = trainer.fit(rule, data)
             # Nobody tears the group down while replica 0 still tests and writes.
             dist.barrier()
@@ -445,14 +426,6 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
     finally:
         if teardown:
             dist.destroy_process_group()
-
-
-def fail_test_hook(rank: int):
-    """The test hook of :data:`FAIL_STAGE_ENV` for loops that are not the stage loop."""
-    if int(os.environ.get(FAIL_STAGE_ENV, "-1")) != rank:
-        return None
-    after = int(os.environ.get(FAIL_AFTER_ENV, "-1"))
-    return lambda steps: os.kill(os.getpid(), 9) if steps == after else None
 
 
 def restarted() -> bool:

@@ -57,3 +57,19 @@ def plan_schedule(schedule, epochs: int) -> None:
         schedule.T_max = max(1, epochs)
     elif isinstance(schedule, torch.optim.lr_scheduler.StepLR):
         schedule.step_size = max(1, epochs // 3)
+
+
+def optimizers_for(groups, cfg) -> list[torch.optim.Optimizer]:
+    """One optimiser per parameter group (:class:`~locallearn.rules.base.ParamGroup`), the
+    group's own options over the run's settings (a :class:`TrainConfig`). The one-process
+    and the staged loops both build theirs here; a stage passes only its groups."""
+    return [make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
+                           lr=g.options.get("lr", cfg.lr),
+                           weight_decay=g.options.get("weight_decay", cfg.weight_decay),
+                           momentum=cfg.momentum)
+            for g in groups]
+
+
+def schedules_for(optimizers: list[torch.optim.Optimizer], cfg) -> list:
+    """The run's learning-rate schedule for each optimiser (None entries for ``none``)."""
+    return [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]

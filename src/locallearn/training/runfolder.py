@@ -61,6 +61,22 @@ def ensure_dir(out: Path) -> None:
         raise UserError(f"cannot write in --out {out}: permission denied; choose another folder")
 
 
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make ``out`` ready for a run: kept as it is to resume, else emptied of a previous
+    run's files, refusing to replace a run without ``overwrite``.
+
+    A folder without a completed epoch (a run killed or refused early) is no run: it
+    blocks nothing, and its leftovers are cleared as ``overwrite`` would."""
+    ensure_dir(out)
+    if resume:
+        return
+    if holds_run(out) and not overwrite:
+        raise UserError(f"{out} already holds a run; pass --overwrite to replace it "
+                        f"or --resume to continue it")
+    for f in project_files(out):
+        f.unlink()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

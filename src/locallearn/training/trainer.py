@@ -1,4 +1,4 @@
-"""The training loop: devices, optimisers, evaluation, logging, checkpoints.
+"""The one-process trainer: devices, its step, checkpoints and the summary.
 
 The rule owns the maths (:meth:`Rule.losses`); the :class:`Trainer` owns
 everything around it, the same for every rule so that comparisons are fair.
@@ -6,10 +6,8 @@ everything around it, the same for every rule so that comparisons are fair.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from locallearn.data.base import IGNORE_INDEX
 from locallearn.errors import UserError
 from locallearn.measure import hardware_info, measure_training_memory
-from locallearn.measure.diagnostics import epoch_diagnostics, probe_batch
+from locallearn.measure.diagnostics import probe_batch
 from locallearn.options import Option
 from locallearn.rules.base import Rule
 from locallearn.training.checkpoint import (
@@ -32,17 +29,23 @@ from locallearn.training.checkpoint import (
     state_tensors,
     write_json_atomic,
 )
+from locallearn.training.evaluation import (  # noqa: F401  (re-exported)
+    count_correct,
+    evaluate,
+    evaluate_split,
+    selection_score,
+    to_device,
+)
 from locallearn.training.freeze import freeze_blocks, trainable_groups
-from locallearn.training.optim import make_optimizer, make_schedule, plan_schedule
+from locallearn.training.loop import judge_epoch, run_epochs
+from locallearn.training.optim import optimizers_for, plan_schedule, schedules_for
 from locallearn.training.runfolder import (
     RUN_FILES,  # noqa: F401  (re-exported: the files a run writes)
     RunLock,
-    ensure_dir,
-    holds_run,
     new_run_id,
-    project_files,
-    rewrite_metrics,
+    prepare_run_dir,
 )
+from locallearn.training.runlog import RunLog, restore, snapshot  # noqa: F401
 
 GRADIENT_COMPRESSION = Option(
     "gradient_compression", str, "--replicas: the dtype the gradient all_reduce sends "
@@ -115,14 +118,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_device(obj: Any, device: torch.device) -> Any:
-    if hasattr(obj, "to"):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(o, device) for o in obj)
-    return obj
-
-
 def split_size(dataset, split: str) -> int | None:
     """Rows in a split held in memory, or None where the dataset cannot say (streamed)."""
     try:
@@ -131,64 +126,14 @@ def split_size(dataset, split: str) -> int | None:
         return None
 
 
-def snapshot(rule: Rule) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """A copy of the rule's tensors and extra state (for restoring the best epoch)."""
-    return ({k: v.detach().clone() for k, v in rule.state_dict().items()},
-            copy.deepcopy(rule.extra_state()))
-
-
-def restore(rule: Rule, state: tuple[dict[str, Tensor], dict[str, Any]]) -> None:
-    tensors, extra = state
-    rule.load_state_dict(tensors)
-    rule.load_extra_state(extra)
-
-
-def count_correct(scores: Tensor, y: Tensor) -> tuple[int, int]:
-    mask = y != IGNORE_INDEX
-    return int((scores.argmax(-1)[mask] == y[mask]).sum()), int(mask.sum())
-
-
-@torch.no_grad()
-def evaluate(rule: Rule, loader, device: torch.device, per_block: bool = True) -> dict[str, Any]:
-    """Accuracy of ``rule.predict`` (and of every block's readout, if any)."""
-    was_training = rule.training
-    rule.eval()
-    correct = total = 0
-    block_correct: list[int] | None = None
-    for x, y in loader:
-        x, y = to_device(x, device), to_device(y, device)
-        pred, scores = rule.predict_with_blocks(x) if per_block else (rule.predict(x), None)
-        c, n = count_correct(pred, y)
-        correct, total = correct + c, total + n
-        if scores is not None:
-            counts = [count_correct(s, y)[0] for s in scores]
-            block_correct = counts if block_correct is None else [
-                a + b for a, b in zip(block_correct, counts, strict=True)]
-    rule.train(was_training)
-    if total == 0:  # an empty split has no accuracy (not 0.0, which reads as a result)
-        return {"accuracy": None, "per_block_accuracy": None}
-    return {
-        "accuracy": correct / total,
-        "per_block_accuracy": None if block_correct is None else [c / total for c in block_correct],
-    }
-
-
-def selection_score(dataset, val: dict[str, Any]) -> tuple[str, float | None]:
-    """The validation figure that picks the best epoch: the dataset's ``selection_metric``
-    (link prediction: AUC, as accuracy at a fixed threshold stays near 0.5), else accuracy."""
-    metric = getattr(dataset, "selection_metric", "accuracy")
-    value = val.get(metric)
-    if value is None or not math.isfinite(value):
-        return "accuracy", val["accuracy"]
-    return metric, float(value)
-
-
 class Trainer:
     """Trains a rule on a dataset and writes the run directory.
 
     Files in ``out``: ``config.json``, ``metrics.jsonl`` (one line per epoch),
     ``checkpoint.*`` (latest epoch, for ``resume``), ``best.*`` (best
-    validation accuracy) and ``summary.json``.
+    validation accuracy) and ``summary.json``. The epochs run in the loop shared
+    with staged training (:mod:`locallearn.training.loop`); this class adds the
+    one-process step, checkpoints and the summary.
     """
 
     def __init__(self, config: TrainConfig, run_info: dict[str, Any] | None = None) -> None:
@@ -197,35 +142,19 @@ class Trainer:
         self.run_info = dict(run_info or {})
         self.device = resolve_device(config.device)
         self.out = Path(config.out) if config.out else None
+        self.log: RunLog | None = None  # the run log of the last fit (or a staged run's)
 
     # -- run directory -------------------------------------------------------
     def _prepare_out(self) -> None:
-        if self.out is None:
-            return
-        ensure_dir(self.out)
-        if self.config.resume:
-            return
-        # A folder without a completed epoch (a run killed or refused early) is no run:
-        # it blocks nothing, and its leftovers are cleared like --overwrite would.
-        if holds_run(self.out) and not self.config.overwrite:
-            raise UserError(
-                f"{self.out} already holds a run; pass --overwrite to replace it "
-                f"or --resume to continue it"
-            )
-        for f in project_files(self.out):
-            f.unlink()
+        if self.out is not None:
+            prepare_run_dir(self.out, self.config.resume, self.config.overwrite)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.out is not None:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
+        self.log.write(record)
 
     # -- state ---------------------------------------------------------------
-    def _state_tensors(self, rule: Rule, optimizers) -> tuple[dict[str, Tensor], list[dict]]:
-        return state_tensors(rule.state_dict(), optimizers)
-
     def _save(self, rule, optimizers, schedules, epoch, best, history, stem="checkpoint"):
-        tensors, optim_rest = self._state_tensors(rule, optimizers)
+        tensors, optim_rest = state_tensors(rule.state_dict(), optimizers)
         meta = {
             "epoch": epoch,
             "best": best,
@@ -240,6 +169,26 @@ class Trainer:
     def _load_rule_tensors(self, rule: Rule, tensors: dict[str, Tensor]) -> None:
         load_rule_tensors(rule, tensors, f"checkpoint in {self.out} does not fit this "
                           f"rule/network", "resume with the same --rule/--net/--data")
+
+    def _resume(self, rule: Rule, optimizers, schedules, log: RunLog) -> int:
+        """Load the latest checkpoint into the rule, optimisers, schedules and ``log``;
+        the first epoch still to train."""
+        tensors, meta = load_checkpoint(self.out)
+        self._load_rule_tensors(rule, tensors)
+        try:
+            self.run_info["run_id"] = check_same_run(self.out, meta)
+            for sch in load_training_state(optimizers, schedules, meta, tensors, self.out):
+                # A resume may extend the run (--epochs): the schedule keeps going
+                # from where it is towards the new end instead of restarting.
+                plan_schedule(sch, self.config.epochs)
+            rule.load_extra_state(meta.get("rule_extra", {}))
+            torch.set_rng_state(tensors["rng.torch"])
+            check_meta(meta)
+            return log.resume(meta)
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+            raise UserError(f"checkpoint in {self.out} is incomplete or does not fit this "
+                            f"run ({type(exc).__name__}: {exc}); resume with the same "
+                            f"settings or start again with --overwrite") from None
 
     # -- the loop ------------------------------------------------------------
     def fit(self, rule: Rule, dataset) -> dict[str, Any]:
@@ -262,47 +211,21 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         rule.to(self.device)
         optimizers = self.make_optimizers(rule)
-        self._best_state: tuple[dict[str, Tensor], dict[str, Any]] | None = None
-        schedules = [make_schedule(cfg.schedule, o, cfg.epochs) for o in optimizers]
-
-        start_epoch, history = 0, []
-        best = {"val_accuracy": -1.0, "epoch": -1}
+        schedules = schedules_for(optimizers, cfg)
+        log = self.log = RunLog(self.out, cfg.patience)
+        start_epoch = 0
         if cfg.resume:
-            tensors, meta = load_checkpoint(self.out)
-            self._load_rule_tensors(rule, tensors)
-            try:
-                self.run_info["run_id"] = check_same_run(self.out, meta)
-                for sch in load_training_state(optimizers, schedules, meta, tensors, self.out):
-                    # A resume may extend the run (--epochs): the schedule keeps going
-                    # from where it is towards the new end instead of restarting.
-                    plan_schedule(sch, cfg.epochs)
-                rule.load_extra_state(meta.get("rule_extra", {}))
-                torch.set_rng_state(tensors["rng.torch"])
-                check_meta(meta)
-                start_epoch, best, history = meta["epoch"] + 1, meta["best"], meta["history"]
-            except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
-                raise UserError(f"checkpoint in {self.out} is incomplete or does not fit this "
-                                f"run ({type(exc).__name__}: {exc}); resume with the same "
-                                f"settings or start again with --overwrite") from None
-            # metrics.jsonl keeps exactly the epochs the checkpoint holds: an epoch logged
-            # but not checkpointed before a kill is trained (and logged) again.
-            rewrite_metrics(self.out / "metrics.jsonl", history)
+            start_epoch = self._resume(rule, optimizers, schedules, log)
         elif self.out is not None:
             self.run_info.setdefault("run_id", new_run_id())
             write_json_atomic(self.out / "config.json", {"train": asdict(cfg), **self.run_info})
 
-        train_seconds = sum(h["train_seconds"] for h in history)
-        samples_seen = sum(h["samples"] for h in history)
         probe = probe_batch(dataset, self.device) if cfg.diagnostics else None
         progress = _progress(range(start_epoch, cfg.epochs), cfg.quiet, rule.name)
-        stopped_early = False
-        for epoch in progress:
-            rule.train()
-            t0 = time.perf_counter()
+
+        def train_epoch(batches) -> tuple[list[float], int]:
             loss_sum, n_batches, n_samples = None, 0, 0
-            loader = dataset.loader("train", cfg.batch_size, shuffle=True,
-                                    seed=cfg.seed * 100_003 + epoch)
-            for x, y in loader:
+            for x, y in batches:
                 x, y = to_device(x, self.device), to_device(y, self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
                     losses = self._step(rule, optimizers, x, y)
@@ -310,60 +233,42 @@ class Trainer:
                 loss_sum = losses if loss_sum is None else loss_sum + losses
                 n_batches += 1
                 n_samples += int(y.shape[0]) if hasattr(y, "shape") else 1
-            for sch in schedules:
-                if sch is not None:
-                    sch.step()
-            rule.on_epoch_end(epoch)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            epoch_seconds = time.perf_counter() - t0
-            train_seconds += epoch_seconds
-            samples_seen += n_samples
+            mean = [] if loss_sum is None else (loss_sum / max(n_batches, 1)).tolist()
+            return mean, n_samples
 
-            check_finite_loss(loss_sum, epoch, cfg, self.out)
-            val = self._evaluate(rule, dataset, "val")
-            rule.on_validation(val)
-            losses_mean = (loss_sum / max(n_batches, 1)).tolist() if loss_sum is not None else []
-            record = {"epoch": epoch, "loss": losses_mean, "val_accuracy": val["accuracy"],
-                      "val_per_block_accuracy": val["per_block_accuracy"],
-                      "train_seconds": epoch_seconds, "samples": n_samples,
-                      "elapsed_train_seconds": train_seconds}
-            metric, value = selection_score(dataset, val)
-            if metric != "accuracy":
-                record[f"val_{metric}"] = value
-            if probe is not None:
-                record["diagnostics"] = epoch_diagnostics(rule, probe)
-            history.append(record)
+        def close_epoch(epoch: int, losses: list[float], seconds: float, rows: int) -> bool:
+            check_finite_loss(losses, epoch, cfg, self.out)
+            record, improved = judge_epoch(log, rule, dataset, epoch, losses, seconds, rows,
+                                           self.device, cfg.eval_batch_size, probe)
             self._log(record)
-            if val["accuracy"] is None and cfg.patience:
+            if record["val_accuracy"] is None and cfg.patience:
                 raise UserError("patience (early stopping) needs a validation split, and "
                                 "this dataset's is empty; set patience=0")
-            improved = value is not None and value > best.get("value", best["val_accuracy"])
-            if improved:
-                best = {"val_accuracy": val["accuracy"], "epoch": epoch, "metric": metric,
-                        "value": value}
-                if cfg.patience:  # kept in memory: restoring needs no checkpoint files
-                    self._best_state = snapshot(rule)
             if self.out is not None and cfg.checkpoint:
+                state = (rule, optimizers, schedules, epoch, log.best, log.history)
                 if improved:
-                    self._save(rule, optimizers, schedules, epoch, best, history, stem="best")
-                self._save(rule, optimizers, schedules, epoch, best, history)
+                    self._save(*state, stem="best")
+                self._save(*state)
             if hasattr(progress, "set_postfix"):
-                progress.set_postfix(loss=f"{sum(losses_mean):.4f}" if losses_mean else "-",
-                                     val="-" if val["accuracy"] is None
-                                     else f"{val['accuracy']:.4f}")
-            if cfg.patience and epoch - best["epoch"] >= cfg.patience:
-                stopped_early = True
-                break
+                val = record["val_accuracy"]
+                progress.set_postfix(loss=f"{sum(losses):.4f}" if losses else "-",
+                                     val="-" if val is None else f"{val:.4f}")
+            return log.should_stop(epoch)
 
+        def sync() -> None:  # the epoch's time includes the GPU's queued work
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        stopped_early = run_epochs(progress, rule, dataset, cfg, schedules, train_epoch,
+                                   close_epoch, sync)
         self.optimizers = optimizers
         measured: dict[str, Any] = {"peak_memory_bytes": None, "memory": None}
         if cfg.measure_memory:
             memory = self.measure_memory(rule, optimizers, dataset)
             measured = {"peak_memory_bytes": memory["peak_memory_bytes"], "memory": memory}
-        return self.finish(rule, dataset, history=history, best=best,
-                           stopped_early=stopped_early, train_seconds=train_seconds,
-                           samples_seen=samples_seen, measured=measured)
+        return self.finish(rule, dataset, history=log.history, best=log.best,
+                           stopped_early=stopped_early, train_seconds=log.train_seconds,
+                           samples_seen=log.samples_seen, measured=measured)
 
     def measure_memory(self, rule: Rule, optimizers, dataset, steps: int = 2) -> dict[str, Any]:
         """Allocator-level peak of training steps, in a pass of its own.
@@ -391,7 +296,7 @@ class Trainer:
         # Early stopping keeps the best validation epoch: its weights and the rule's extra
         # state (e.g. mono-forward's chosen block), from memory, else from best.* files
         # (a resumed or staged run).
-        best_state = getattr(self, "_best_state", None)
+        best_state = self.log.best_state if self.log is not None else None
         if cfg.patience and best["epoch"] >= 0 and best_state is not None:
             restore(rule, best_state)
         elif cfg.patience and self.out is not None and cfg.checkpoint and best["epoch"] >= 0:
@@ -438,18 +343,7 @@ class Trainer:
         return summary
 
     def _evaluate(self, rule: Rule, dataset, split: str) -> dict[str, Any]:
-        """The dataset's own evaluation if it has one (graphs, text), else accuracy.
-
-        A custom ``dataset.evaluate(rule, split, device, batch_size)`` returns a dict
-        with ``accuracy`` and ``per_block_accuracy`` plus any extra metrics, which
-        land in summary.json as ``test_<name>``.
-        """
-        custom = getattr(dataset, "evaluate", None)
-        if custom is not None:
-            result = custom(rule, split, self.device, self.config.eval_batch_size)
-            result.setdefault("per_block_accuracy", None)
-            return result
-        return evaluate(rule, dataset.loader(split, self.config.eval_batch_size), self.device)
+        return evaluate_split(rule, dataset, split, self.device, self.config.eval_batch_size)
 
     def make_optimizers(self, rule: Rule) -> list[torch.optim.Optimizer]:
         """One optimiser per parameter group, group options over the run's settings.
@@ -459,13 +353,7 @@ class Trainer:
         cfg = self.config
         if cfg.freeze_blocks:
             freeze_blocks(rule)
-        return [
-            make_optimizer(g.options.get("optimizer", cfg.optimizer), g.params,
-                           lr=g.options.get("lr", cfg.lr),
-                           weight_decay=g.options.get("weight_decay", cfg.weight_decay),
-                           momentum=cfg.momentum)
-            for g in trainable_groups(rule)
-        ]
+        return optimizers_for(trainable_groups(rule), cfg)
 
     def _step(self, rule: Rule, optimizers, x, y) -> Tensor:
         if rule.streams_losses:
@@ -512,12 +400,12 @@ def check_same_run(out: Path, meta: dict[str, Any]) -> str | None:
     return run_id
 
 
-def check_finite_loss(loss_sum: Tensor | None, epoch: int, cfg: TrainConfig,
+def check_finite_loss(losses: list[float], epoch: int, cfg: TrainConfig,
                       out: Path | None) -> None:
     """Stop a run whose loss became NaN or infinite, before it overwrites a good checkpoint."""
-    if loss_sum is None or bool(torch.isfinite(loss_sum).all()):
+    if all(math.isfinite(v) for v in losses):
         return
-    kind = "NaN" if bool(torch.isnan(loss_sum).any()) else "infinite"
+    kind = "NaN" if any(math.isnan(v) for v in losses) else "infinite"
     kept = (f"the last good checkpoint (epoch {epoch}) is kept in {out}"
             if out is not None and cfg.checkpoint and epoch > 0 else "no checkpoint was saved")
     raise UserError(f"the loss became {kind} in epoch {epoch + 1}; the learning rate "
