@@ -334,3 +334,25 @@ def test_label_pass_holds_at_most_its_row_budget(digits, rows, most):
         scores = rule.label_goodness(digits.test.x[:20])
     assert max(seen) == most and sum(seen) == len(net.blocks[1:]) * 10 * 20
     assert all(s.shape == (20, 10) for s in scores)
+
+
+@pytest.mark.parametrize("kind", ["mean", "sum"])
+def test_goodness_gradient_is_autograds_bit_for_bit(kind):
+    """goodness() has its own backward (fewer temporaries); its values and gradients are
+    exactly those of the composed square-then-mean (or sum)."""
+    for n, d, seed in [(7, 3, 0), (50, 500, 1), (33, 784, 2), (16, 4, 3)]:
+        torch.manual_seed(seed)
+        h = torch.randn(n, d, requires_grad=True)
+        w = torch.randn(n) * 37.1
+        sq = h.square()
+        composed = sq.mean(1) if kind == "mean" else sq.sum(1)
+        mine = goodness(h, kind)
+        assert torch.equal(mine, composed)
+        a = torch.autograd.grad((composed * w).sum(), h)[0]
+        b = torch.autograd.grad((mine * w).sum(), h)[0]
+        assert torch.equal(a, b)
+    conv = torch.randn(4, 3, 5, 5, requires_grad=True)  # flattened per sample
+    g = goodness(conv, kind)
+    assert g.shape == (4,)
+    g.sum().backward()
+    assert conv.grad.shape == conv.shape
