@@ -25,17 +25,19 @@ Deviations from the paper (each an option):
   True) applies tanh to the block's output, so units saturate as tanh units do.
 - ``normalize`` (default True): what the next block and the head read is divided
   by its per-sample RMS (parameter-free, forward only), so a block's growth
-  does not change the next block's input scale.
+  does not change the next block's input scale (mnist1d cnn, seeds 0-1,
+  best_val_accuracy mean 0.786 with, 0.701 without).
 - ``conv_signal`` (default ``"max"``): the paper projects the target onto every
   unit of a conv map (``"map"``), i.e. position-specific class codes for a
   shift-equivariant layer; on mnist1d (random shifts) it learned little. With
   ``"max"`` the projection has one entry per channel and the signal reaches each
   channel's strongest response over positions (``"mean"``: the mean over
   positions): "this channel fires somewhere for these classes". Dense blocks are
-  unaffected (not yet re-checked on validation, see docs/bench.md).
+  unaffected. mnist1d cnn, seeds 0-1, best_val_accuracy mean: max 0.786, map 0.530,
+  mean 0.481 (docs/results/defaults.md).
 - ``head_lr``: a separate learning rate for the head (default: the run's).
-- Adam replaces SGD (SGD with momentum learned less on mnist1d cnn;
-  not yet re-checked on validation, see docs/bench.md).
+- Adam replaces SGD (mnist1d cnn, seed 0, best_val_accuracy: Adam lr 1e-3 0.775, SGD
+  with momentum 0.9 at lr 0.01 0.660, at lr 0.1 0.3925).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ from locallearn.rules.base import BlockwiseRule, ParamGroup, StagePlan, Staging,
 @RULES.register("drtp", help="Direct Random Target Projection: fixed random projection of targets")
 class DRTP(BlockwiseRule):
     # 40 epochs: backed by mnist5k's validation split (figures: the last section of
-    # docs/results/frozen_controls.md); mnist1d cnn: not yet re-checked on validation.
+    # docs/results/frozen_controls.md); on mnist1d cnn validation still rises at 40, a
+    # budget there (docs/results/defaults.md).
     defaults = {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "batch_size": 128}
 
     options = (
