@@ -153,4 +153,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from locallearn.report.provenance import run_with_provenance
+
+    run_with_provenance(main)  # then the command, commit, hardware and load average
