@@ -74,7 +74,11 @@ LABEL_PASS_ROWS = 1024
 def label_chunks(batch: int, classes: int, rows: int, device: torch.device) -> list[Tensor]:
     """The labels 0..classes-1 in chunks of whole labels, each at most ``rows`` rows of
     ``batch`` samples (at least one label per chunk); ``rows=0``: one chunk of all."""
-    per = classes if rows <= 0 else max(1, min(classes, rows // max(batch, 1)))
+    if rows <= 0 or torch.compiler.is_exporting():
+        # An exported predictor has a symbolic batch size, so the chunk count cannot
+        # depend on it: one chunk of all labels (the scores are the same either way).
+        return [torch.arange(classes, device=device)]
+    per = max(1, min(classes, rows // max(batch, 1)))
     return list(torch.arange(classes, device=device).split(per))
 
 
