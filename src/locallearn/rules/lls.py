@@ -31,8 +31,9 @@ modulation of LLS-M / LLS-MxM starts at the identity (ones / identity matrix),
 so training starts from plain LLS (the authors start from small random values).
 Each block passes on its output divided by its per-sample RMS (``rms_norm``,
 default True; forward-only, no parameters): the LLS loss ignores the scale of
-h_k, which then drifts and slowed the head trained on it
-(not yet re-checked on validation, see docs/bench.md). Adam at lr 1e-3, no batch norm, no schedule.
+h_k, which then drifts and slowed the head trained on it (on mnist5k mlp:500,500,
+seeds 0-1, best_val_accuracy is the same with and without: 0.939; see
+docs/results/defaults.md). Adam at lr 1e-3, no batch norm, no schedule.
 """
 
 from __future__ import annotations
