@@ -4,9 +4,9 @@
 the same seeded batch order and takes its own contiguous slice of each global
 batch (``DistributedSampler``-style, but per batch, so the global batch is the
 one a single process would see). Before any optimiser steps, the gradients of
-its parameters are averaged over the replicas with one ``all_reduce`` per
-optimiser (:class:`GradientAverager`), weighted by each slice's share of the
-batch's labelled rows. So the replicas stay identical, and they take the step a
+its parameters are averaged over the replicas with bucketed ``all_reduce`` calls
+started during backward (:class:`GradientAverager`), weighted by each slice's share
+of the batch's labelled rows. So the replicas stay identical, and they take the step a
 single process takes on the whole batch: for a loss that is a mean over rows,
 ``sum_r (n_r / n) * grad(mean over slice r) = grad(mean over the batch)``, also
 for a ragged last batch.
@@ -14,9 +14,10 @@ for a ragged last batch.
 Why not ``DistributedDataParallel``: local rules have several parameter groups,
 each with its own optimiser, and many backward their losses one at a time
 (``streams_losses``); DDP expects one backward per forward of one module. The
-per-optimiser all_reduce is what DDP computes (an average of gradients before
-the step), placed where every rule's step can use it: an optimiser step
-pre-hook, so neither the trainer nor the stages change their loop.
+averager computes what DDP computes (an average of gradients before the step, in
+buckets launched from gradient hooks) for every rule: parameter hooks start the
+messages and an optimiser step pre-hook waits for them, so neither the trainer nor
+the stages change their loop.
 
 With ``--stages N --replicas M`` the N x M processes form a grid: global rank
 ``replica * N + stage``. A *pipeline* group (one per replica: its N stages)
