@@ -101,10 +101,10 @@ def test_a_killed_stage_stops_the_others_with_one_line(tmp_path):
     out = tmp_path / "run"
     # digits train split has 1293 samples -> 21 steps per epoch at batch 64: die in epoch 2.
     env = kill_env(rank=1, after=30)
-    start = time.monotonic()
+    # No wall-clock bound (it fails on a loaded machine): the message must name the
+    # SIGKILL the launcher saw, which rules out a collective timeout; timeout= catches a hang.
     r = cli_env("train", *ARGS, "--epochs", "5", "--stages", "2", "--out", str(out), env=env,
-                timeout=90)
-    assert time.monotonic() - start < 60
+                timeout=300)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr

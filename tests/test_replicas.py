@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from functools import partial
 
 import pytest
@@ -249,10 +248,10 @@ def test_a_killed_replica_stops_the_run_with_one_line(tmp_path):
     out = tmp_path / "run"
     # 21 steps per epoch at batch 64: replica 1 dies in epoch 2, after epoch 1's checkpoint.
     env = kill_env(rank=1, after=30)
-    start = time.monotonic()
+    # No wall-clock bound (it fails on a loaded machine): the message must name the
+    # SIGKILL the launcher saw, which rules out a collective timeout; timeout= catches a hang.
     r = cli("train", *ARGS, "--epochs", "5", "--replicas", "2", "--out", str(out), env=env,
-            timeout=120)
-    assert time.monotonic() - start < 90
+            timeout=300)
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
