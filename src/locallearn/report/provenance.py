@@ -70,7 +70,8 @@ def load_summary(loads: Iterable[list[float] | None]) -> str:
 
 
 def provenance_lines(command: str | None = None, device: str | None = None,
-                     loads: Iterable[list[float] | None] | None = None) -> list[str]:
+                     loads: Iterable[list[float] | None] | None = None,
+                     commit: str | None = None) -> list[str]:
     """Markdown lines naming the command, commit, hardware and load average, for a
     benchmark script to print above its table (``loads``: the load averages it sampled;
     default: now)."""
@@ -78,7 +79,7 @@ def provenance_lines(command: str | None = None, device: str | None = None,
 
     loads = [load_average()] if loads is None else list(loads)
     return [f"- Command: `{command or command_line()}`",
-            f"- Commit: `{source_commit() or 'unknown'}`",
+            f"- Commit: `{commit or source_commit() or 'unknown'}`",
             f"- Hardware: {hardware_line(hardware_info(device))}",
             f"- Load average (1 min) while it ran: {load_summary(loads)} "
             f"on {os.cpu_count()} cores"]
@@ -90,6 +91,7 @@ def run_with_provenance(main: Callable[[], Any], every_s: float = 30.0,
     :func:`provenance_lines`, the load average sampled every ``every_s`` seconds
     meanwhile (a daemon thread; sampling costs nothing measurable)."""
     loads = [load_average()]
+    commit = source_commit()  # the code imported now, not what the checkout holds at the end
     done = threading.Event()
 
     def sample() -> None:
@@ -104,5 +106,6 @@ def run_with_provenance(main: Callable[[], Any], every_s: float = 30.0,
         done.set()
     loads.append(load_average())
     print()
-    print("\n".join(provenance_lines(command=command, device=device, loads=loads)))
+    print("\n".join(provenance_lines(command=command, device=device, loads=loads,
+                                     commit=commit)))
     return result
