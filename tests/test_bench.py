@@ -212,3 +212,14 @@ def test_frozen_controls_run_beside_each_rule_and_reach_the_report(tmp_path):
     with pytest.raises(UserError, match="unknown control"):
         parse_suite("t", "rules: [backprop]\ncontrols: [thawed]\n"
                          "tasks: [{data: digits, net: 'mlp:16'}]\n")
+
+
+def test_bench_data_runs_a_subset_of_the_suites_tasks(tmp_path, cli):
+    r = cli("bench", "--suite", "rules", "--out", str(tmp_path), "--list", "--data", "mnist5k",
+            "--rules", "backprop")
+    assert r.returncode == 0, r.stderr
+    keys = r.stdout.split()
+    # Three seeds, each with its frozen control; the same keys as the full suite's cells.
+    assert len(keys) == 6 and all(k.startswith("train/backprop/mnist5k/") for k in keys)
+    bad = cli("bench", "--suite", "rules", "--out", str(tmp_path), "--list", "--data", "cifar")
+    assert bad.returncode == 2 and "not in suite rules" in bad.stderr
