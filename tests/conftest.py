@@ -60,6 +60,7 @@ def cli():
     return run_cli
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook turns the marks into node-id groups
 def pytest_collection_modifyitems(config, items):
     """Tests that share a module-scoped fixture (often a trained run) form one xdist group,
     so under ``--dist loadgroup`` one worker builds that fixture once; every other test is
