@@ -400,7 +400,8 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank))
                               % torch.cuda.device_count())
     dist.init_process_group(backend, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=timeout_s))
+                            timeout=timedelta(seconds=timeout_s), store=attempt_store(
+                                rank, world, timedelta(seconds=timeout_s)))
     try:
         if restarted():  # continue from the last checkpoint, or start again if none was written
             found = [out is not None and has_checkpoint(Path(out))]
@@ -426,6 +427,19 @@ def run_stage(settings: dict[str, Any], out: str | None, quiet: bool, resume: bo
     finally:
         if teardown:
             dist.destroy_process_group()
+
+
+def attempt_store(rank: int, world: int, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun, the rendezvous store with a prefix per restart attempt; else None
+    (``init_process_group`` reads MASTER_ADDR/MASTER_PORT itself).
+
+    torchrun's agent store outlives a restart (``--max-restarts``), so without a prefix
+    the new round's gloo reads the dead round's peer addresses and cannot connect.
+    """
+    if "TORCHELASTIC_RESTART_COUNT" not in os.environ:
+        return None
+    store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+    return dist.PrefixStore(f"attempt_{os.environ['TORCHELASTIC_RESTART_COUNT']}", store)
 
 
 def restarted() -> bool:
