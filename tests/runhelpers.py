@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from locallearn.cli.main import main
+from locallearn.training.checkpoint import load_checkpoint
 
 # digits: 1294 training rows -> batches of 64 and a ragged last one of 14.
 ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
@@ -35,6 +36,25 @@ def kill_env(rank: int, after: int, env=None) -> dict:
     env["PYTHONPATH"] = FAULTS if not path else f"{FAULTS}{os.pathsep}{path}"
     env.update(LOCALLEARN_TEST_KILL_RANK=str(rank), LOCALLEARN_TEST_KILL_AFTER=str(after))
     return env
+
+
+def killed_run_line(out, *grid: str) -> str:
+    """Train ARGS for 5 epochs on ``grid`` (e.g. ``--stages 2``) while process 1 SIGKILLs
+    itself at batch 30 (21 steps per epoch at batch 64: in epoch 2, after epoch 1's
+    checkpoint). The run must end with exit 1 and one stderr line, keep epoch 1's intact
+    checkpoint and write no summary; returns that line for the caller's own checks.
+
+    No wall-clock bound (it fails on a loaded machine): the caller checks that the line
+    names the SIGKILL the launcher saw, which rules out a collective timeout, and
+    ``timeout`` catches a hang."""
+    r = cli_env("train", *ARGS, "--epochs", "5", *grid, "--out", str(out),
+                env=kill_env(rank=1, after=30), timeout=300)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    _, meta = load_checkpoint(out)  # verifies the checksum: the checkpoint is intact
+    assert meta["epoch"] == 0 and not (out / "summary.json").exists()
+    return lines[0]
 
 
 def train_ok(*args, out, timeout=120) -> dict:
