@@ -50,6 +50,9 @@ def test_label_is_appended_to_signals_not_written_over_them(net):
         assert rule.embed.mode == "channel" and out.shape == (4, 4, 12)
         assert torch.equal(out[:, :1], x) and (out[1, 3] == rule.embed.scale).all()
         assert (out[1, 1:3] == 0).all()
+        # Spread over 12 positions, the label has the energy of one entry of label_scale
+        # (at full scale per position it swamped mnist1d's signal: docs/results/ff.md).
+        assert torch.allclose(out[1, 3].square().sum(), torch.tensor(5.0 ** 2))
     rule.losses(x, torch.tensor([0, 2, 1, 2]))  # block 0 takes the widened input
     assert rule.predict(x).shape == (4, 3)
     fast = rule.label_goodness(x)

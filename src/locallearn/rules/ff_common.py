@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
@@ -102,6 +103,11 @@ class LabelEmbedding(nn.Module):
     get the one-hot *appended*: as ``num_classes`` more inputs of block 0's first
     ``nn.Linear`` (mode ``"append"``), or, when block 0 starts with a convolution, as
     ``num_classes`` more input channels, constant along the signal (mode ``"channel"``).
+    A channel repeats the label at every position, so there each entry is ``scale`` over
+    the root of the positions: the label carries the energy of one appended entry. At
+    full ``scale`` per position (1000 times that on mnist1d's 40 positions) the label
+    swamps the signal in the normalised input and FF's conv features fall below random
+    ones (docs/results/ff.md).
     ``None`` as label gives the neutral label (every entry ``scale / num_classes``),
     used for the one-pass readout.
     """
@@ -109,10 +115,11 @@ class LabelEmbedding(nn.Module):
     def __init__(self, network: Network, task: Task, scale: float) -> None:
         super().__init__()
         self.num_classes = task.num_classes
-        self.scale = scale
         self.mode = "overwrite"
         if task.kind in ("vector", "signal"):
             self.mode = "channel" if first_layer_is_conv(network) else "append"
+        positions = math.prod(task.input_shape[1:]) if self.mode == "channel" else 1
+        self.scale = scale / math.sqrt(positions)
         self.append = self.mode == "append"
         size = 1
         for d in task.input_shape:
