@@ -57,7 +57,7 @@ def run_one(rule: str, task: str, homophily: float, seed: int, args,
               weight_decay=args.weight_decay, seed=seed, quiet=True, device=args.device,
               data_options=data_options, freeze_blocks=frozen).summary
     return {"rule": rule, "task": task, "homophily": homophily, "seed": seed,
-            "frozen": bool(s["freeze_blocks"]),
+            "frozen": bool(s["freeze_blocks"]), "net": args.net, "epochs": args.epochs,
             "metric": s["test_auc"] if task == "link" else s["test_accuracy"],
             "train_seconds": s["train_seconds"], "peak_mib": s["peak_memory_bytes"] / 2**20}
 
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.from_json:
         rows = [json.loads(line) for f in args.from_json for line in open(f) if line.strip()]
+        nets = sorted({x["net"] for x in rows if "net" in x})  # rows before 2026-11 lack it
+        if len(nets) > 1:
+            p.error(f"runs of different networks ({', '.join(nets)}): one table per network")
         order = {"node": NODE_RULES, "link": LINK_RULES}
         for task in ("node", "link"):
             got = [x for x in rows if x["task"] == task]

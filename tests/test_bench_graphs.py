@@ -22,6 +22,7 @@ def test_graph_bench_frozen_controls(tmp_path, capsys):
                 "--epochs", "2", "--net", "gcn:8", "--node-rules", "backprop", "sf",
                 "--frozen", "--json", str(out)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["net"] == "gcn:8" and r["epochs"] == 2 for r in rows)
     assert [(r["rule"], r["frozen"]) for r in rows] == [
         ("backprop", False), ("backprop", True), ("sf", False), ("sf", True)]
     capsys.readouterr()
@@ -51,3 +52,17 @@ def test_graph_bench_table_differences_are_per_seed():
     assert bp.startswith("| 0.5 | backprop | 0.850 ± 0.071 | 0.600 ± 0.141 | +0.250 ± 0.071 |")
     sf = next(x for x in lines if x.startswith("| 0.5 | sf |"))
     assert sf.startswith("| 0.5 | sf | 0.600 | 0.600 |  | -0.250 |")
+
+
+def test_graph_bench_refuses_to_mix_networks(tmp_path, capsys):
+    import pytest
+
+    bench = load_bench()
+    row = {"rule": "sf", "task": "link", "homophily": 0.9, "seed": 0, "metric": 0.8,
+           "train_seconds": 1.0, "peak_mib": 2.0}
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(row | {"net": "gcn:8"}) + "\n")
+    b.write_text(json.dumps(row | {"net": "gcn:8,8"}) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--from-json", str(a), str(b)])
+    assert exit_info.value.code == 2 and "different networks" in capsys.readouterr().err
