@@ -29,8 +29,9 @@ Deviations from the paper: the label enters at each layer's output (a learned
 label embedding per layer) rather than in the input of the first layer; all
 layers learn at once; negatives are random wrong tokens by default (Hinton
 prefers hard ones; here ``negatives="hardest"``, the wrong token of highest
-goodness at that layer, gave a higher perplexity than random ones on ``gpt:2x32``
-after 8 epochs of 40,000 characters; not yet re-checked on validation, see docs/bench.md).
+goodness at that layer, stops improving after 5-9 epochs: on ``gpt:2x32``, 40,000
+characters, 20 epochs, seeds 0-2, best validation next-character accuracy mean 0.292
+random, 0.257 hardest, level at 8 epochs; docs/results/defaults.md).
 """
 
 from __future__ import annotations
