@@ -114,6 +114,14 @@ def test_dt_one_step_runs_only_the_first_block(digits):
     assert calls == [2, 1, 1, 1, 1]
 
 
+def test_fm_refuses_inference_noise(digits):
+    # fm's inference is an Euler solve with no noise term: the option would do nothing.
+    with pytest.raises(UserError, match="inference_noise"):
+        make("noprop-fm", digits, inference_noise=True)
+    assert make("noprop-fm", digits).inference_noise is False
+    assert make("noprop-ct", digits, inference_noise=True).inference_noise is True
+
+
 def test_cli_trains_and_rejects_bad_options(capsys, tmp_path):
     base = ["train", "--rule", "noprop-dt", "--data", "digits", "--net", "cnn:4,8",
             "--epochs", "1", "--quiet", "--set", "rule.steps=2", "--set", "rule.hidden=8"]
