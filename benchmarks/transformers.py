@@ -76,7 +76,7 @@ def fmt_signed(values: list[float], digits: int) -> str:
     return f"{mean:+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", choices=["gpt", "vit"])
     p.add_argument("--net")
@@ -90,7 +90,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--frozen", action="store_true",
                    help="also run each rule and seed with freeze_blocks=True (its control)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = parse_overrides(args.override)
 
