@@ -35,9 +35,10 @@ Deviations from the paper: the input-level pair (x against g_0's output) trains
 only a feedback layer that nothing reads when classifying, so it is left out.
 Each block passes on its output divided by its per-sample RMS (``rms_norm``,
 default True; forward-only, no parameters): a cosine pairing leaves the scale of
-h_k free to drift, which slowed the head, trained on h_L (figures:
-docs/results/feedback.md; on mnist5k mlp:500,500 validation, seeds 0-1, false is
-ahead by 0.006, within noise: docs/results/defaults.md). Adam at lr 1e-3
+h_k free to drift, which slowed the head, trained on h_L (best_val_accuracy mean,
+seeds 0-2: mnist1d cnn 0.943 with, 0.920 without, lower on every seed; mnist5k
+mlp:500,500, raw product, 0.9425 with, 0.9475 without, within seed noise;
+docs/results/defaults.md). Adam at lr 1e-3
 instead of SGD with gradient clipping; no batch norm.
 """
 
