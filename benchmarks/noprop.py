@@ -9,8 +9,18 @@ peak memory of the training steps (as measured by the loop: see docs/bench.md),
 and, for NoProp, test accuracy with 1 denoising step instead of T.
 Targets (issue 5): noprop-dt >= 0.93 on mnist5k; within 5 points of backprop on mnist1d.
 
+``--frozen`` also runs every rule and seed as its frozen control (``freeze_blocks``:
+same seed, optimiser, lr, batch size and epochs; the blocks keep their random
+initialisation, issue 15). For NoProp the frozen blocks are the input embedding of
+each denoiser (the network's CNN; every copy for noprop-dt): the label path, the
+fusion layers, the classifier, ct's schedule and learned prototypes still learn. For
+backprop they are the CNN; only its linear head learns. The table then adds the
+frozen run's test accuracy, its trainable parameters, and trained - frozen (per seed,
+then mean ± std over seeds).
+
     PYTHONPATH=src python benchmarks/noprop.py
     PYTHONPATH=src python benchmarks/noprop.py --settings mnist1d-cnn --seeds 0 --rules noprop-dt
+    PYTHONPATH=src python benchmarks/noprop.py --settings mnist5k-cnn --frozen
 """
 
 from __future__ import annotations
@@ -36,9 +46,14 @@ SETTINGS = {
 }
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} ± {std:.3f}"
+    return f"{statistics.mean(values):{'+' if signed else ''}.3f} ± {std:.3f}"
+
+
+def trainable(rule: torch.nn.Module) -> int:
+    """Parameters the run trained (a frozen control's blocks do not count)."""
+    return sum(p.numel() for p in rule.parameters() if p.requires_grad)
 
 
 def main() -> None:
@@ -49,6 +64,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override every rule's epochs")
     p.add_argument("--embedding", default="onehot", help="NoProp label embedding: onehot, "
                    "prototype")
+    p.add_argument("--frozen", action="store_true",
+                   help="also run each rule and seed with freeze_blocks (random blocks)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
@@ -58,18 +75,21 @@ def main() -> None:
     hw = hardware_info(device)
     print(f"# {hw.get('cpu')} ({hw.get('cpu_count')} cores), device {args.device}, "
           f"torch {hw.get('torch_version')}, threads={args.threads}, seeds {args.seeds}, "
-          f"noprop embedding {args.embedding}")
+          f"noprop embedding {args.embedding}" + (", with frozen controls" if args.frozen else ""))
     header = ("setting", "rule", "epochs", "params", "test accuracy", "1-step accuracy",
               "train s", "samples/s", "peak MiB")
+    if args.frozen:
+        header += ("frozen", "trained - frozen", "frozen params")
     rows = []
     for setting in args.settings.split(","):
         data, net, epochs_by_rule = SETTINGS[setting]
         for rule in args.rules.split(","):
             epochs = args.epochs or epochs_by_rule[rule]
+            options = {"embedding": args.embedding} if rule.startswith("noprop") else {}
             accs, one_step, secs, rates, peaks, params = [], [], [], [], [], 0
+            frozen_accs, frozen_params = [], 0
             for seed in seeds:
                 t0 = time.perf_counter()
-                options = {"embedding": args.embedding} if rule.startswith("noprop") else {}
                 r = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs,
                           device=args.device, quiet=True, checkpoint=False,
                           rule_options=options)
@@ -78,7 +98,7 @@ def main() -> None:
                 secs.append(s["train_seconds"])
                 rates.append(s["samples_per_second"])
                 peaks.append((s["peak_memory_bytes"] or 0) / 2**20)
-                params = sum(p.numel() for p in r.rule.parameters() if p.requires_grad)
+                params = trainable(r.rule)
                 if hasattr(r.rule, "set_inference_steps"):
                     r.rule.set_inference_steps(1)
                     one_step.append(evaluate(r.rule, r.dataset.loader("test", 1024), device,
@@ -86,10 +106,28 @@ def main() -> None:
                 print(f"#   {setting} {rule} seed {seed}: {s['test_accuracy']:.4f} "
                       f"({s['train_seconds']:.1f} s train, {time.perf_counter() - t0:.1f} s "
                       f"wall)", flush=True)
-            rows.append((setting, rule, str(epochs), f"{params / 1e6:.2f}M", mean_std(accs),
-                         mean_std(one_step) if one_step else "-",
-                         f"{statistics.mean(secs):.1f}", f"{statistics.mean(rates):.0f}",
-                         f"{statistics.mean(peaks):.1f}"))
+                if not args.frozen:
+                    continue
+                t0 = time.perf_counter()
+                f = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs,
+                          device=args.device, quiet=True, checkpoint=False,
+                          rule_options=options, freeze_blocks=True,
+                          measure_memory=False)  # the table's memory is the trained run's
+                assert f.summary["freeze_blocks"] is True
+                frozen_accs.append(f.summary["test_accuracy"])
+                frozen_params = trainable(f.rule)
+                print(f"#   {setting} {rule} seed {seed} frozen: "
+                      f"{f.summary['test_accuracy']:.4f} ({f.summary['train_seconds']:.1f} s "
+                      f"train, {time.perf_counter() - t0:.1f} s wall)", flush=True)
+            row = (setting, rule, str(epochs), f"{params / 1e6:.2f}M", mean_std(accs),
+                   mean_std(one_step) if one_step else "-",
+                   f"{statistics.mean(secs):.1f}", f"{statistics.mean(rates):.0f}",
+                   f"{statistics.mean(peaks):.1f}")
+            if args.frozen:
+                gaps = [a - b for a, b in zip(accs, frozen_accs, strict=True)]
+                row += (mean_std(frozen_accs), mean_std(gaps, signed=True),
+                        f"{frozen_params / 1e6:.2f}M")
+            rows.append(row)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:
