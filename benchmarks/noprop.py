@@ -56,6 +56,33 @@ def trainable(rule: torch.nn.Module) -> int:
     return sum(p.numel() for p in rule.parameters() if p.requires_grad)
 
 
+def run_trained(rule: str, data: str, net: str, seed: int, epochs: int, options: dict,
+                device: torch.device, memory: bool) -> dict:
+    """One run of ``rule`` as it is: accuracy (T and 1 step), time, rate, peak, size."""
+    r = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs, device=str(device),
+              quiet=True, checkpoint=False, rule_options=options, measure_memory=memory)
+    s = r.summary
+    out = {"acc": s["test_accuracy"], "secs": s["train_seconds"],
+           "rate": s["samples_per_second"], "params": trainable(r.rule),
+           "peak": (s["peak_memory_bytes"] or 0) / 2**20 if memory else None, "one_step": None}
+    if hasattr(r.rule, "set_inference_steps"):
+        r.rule.set_inference_steps(1)
+        out["one_step"] = evaluate(r.rule, r.dataset.loader("test", 1024), device,
+                                   per_block=False)["accuracy"]
+    return out
+
+
+def run_frozen(rule: str, data: str, net: str, seed: int, epochs: int, options: dict,
+               device: torch.device) -> dict:
+    """The same run with ``freeze_blocks`` (no memory pass: the table's is the rule's)."""
+    r = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs, device=str(device),
+              quiet=True, checkpoint=False, rule_options=options, freeze_blocks=True,
+              measure_memory=False)
+    assert r.summary["freeze_blocks"] is True
+    return {"acc": r.summary["test_accuracy"], "secs": r.summary["train_seconds"],
+            "params": trainable(r.rule)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rules", default=",".join(RULES))
@@ -66,67 +93,67 @@ def main() -> None:
                    "prototype")
     p.add_argument("--frozen", action="store_true",
                    help="also run each rule and seed with freeze_blocks (random blocks)")
+    p.add_argument("--frozen-only", action="store_true",
+                   help="run only the frozen controls (no trained runs)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the memory pass of the trained runs (peak MiB shows -)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     device = torch.device(args.device)
+    trained, frozen = not args.frozen_only, args.frozen or args.frozen_only
     hw = hardware_info(device)
     print(f"# {hw.get('cpu')} ({hw.get('cpu_count')} cores), device {args.device}, "
           f"torch {hw.get('torch_version')}, threads={args.threads}, seeds {args.seeds}, "
-          f"noprop embedding {args.embedding}" + (", with frozen controls" if args.frozen else ""))
-    header = ("setting", "rule", "epochs", "params", "test accuracy", "1-step accuracy",
-              "train s", "samples/s", "peak MiB")
-    if args.frozen:
-        header += ("frozen", "trained - frozen", "frozen params")
+          f"noprop embedding {args.embedding}"
+          + (", frozen controls only" if args.frozen_only
+             else ", with frozen controls" if frozen else ""))
+    header = ("setting", "rule", "epochs")
+    if trained:
+        header += ("params", "test accuracy", "1-step accuracy", "train s", "samples/s",
+                   "peak MiB")
+    if frozen:
+        header += (("frozen", "trained - frozen", "frozen params") if trained
+                   else ("frozen", "frozen params"))
     rows = []
     for setting in args.settings.split(","):
         data, net, epochs_by_rule = SETTINGS[setting]
         for rule in args.rules.split(","):
             epochs = args.epochs or epochs_by_rule[rule]
             options = {"embedding": args.embedding} if rule.startswith("noprop") else {}
-            accs, one_step, secs, rates, peaks, params = [], [], [], [], [], 0
-            frozen_accs, frozen_params = [], 0
+            runs, controls = [], []
             for seed in seeds:
-                t0 = time.perf_counter()
-                r = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs,
-                          device=args.device, quiet=True, checkpoint=False,
-                          rule_options=options)
-                s = r.summary
-                accs.append(s["test_accuracy"])
-                secs.append(s["train_seconds"])
-                rates.append(s["samples_per_second"])
-                peaks.append((s["peak_memory_bytes"] or 0) / 2**20)
-                params = trainable(r.rule)
-                if hasattr(r.rule, "set_inference_steps"):
-                    r.rule.set_inference_steps(1)
-                    one_step.append(evaluate(r.rule, r.dataset.loader("test", 1024), device,
-                                             per_block=False)["accuracy"])
-                print(f"#   {setting} {rule} seed {seed}: {s['test_accuracy']:.4f} "
-                      f"({s['train_seconds']:.1f} s train, {time.perf_counter() - t0:.1f} s "
-                      f"wall)", flush=True)
-                if not args.frozen:
-                    continue
-                t0 = time.perf_counter()
-                f = train(rule=rule, data=data, net=net, seed=seed, epochs=epochs,
-                          device=args.device, quiet=True, checkpoint=False,
-                          rule_options=options, freeze_blocks=True,
-                          measure_memory=False)  # the table's memory is the trained run's
-                assert f.summary["freeze_blocks"] is True
-                frozen_accs.append(f.summary["test_accuracy"])
-                frozen_params = trainable(f.rule)
-                print(f"#   {setting} {rule} seed {seed} frozen: "
-                      f"{f.summary['test_accuracy']:.4f} ({f.summary['train_seconds']:.1f} s "
-                      f"train, {time.perf_counter() - t0:.1f} s wall)", flush=True)
-            row = (setting, rule, str(epochs), f"{params / 1e6:.2f}M", mean_std(accs),
-                   mean_std(one_step) if one_step else "-",
-                   f"{statistics.mean(secs):.1f}", f"{statistics.mean(rates):.0f}",
-                   f"{statistics.mean(peaks):.1f}")
-            if args.frozen:
-                gaps = [a - b for a, b in zip(accs, frozen_accs, strict=True)]
-                row += (mean_std(frozen_accs), mean_std(gaps, signed=True),
-                        f"{frozen_params / 1e6:.2f}M")
+                for control in ([False] if trained else []) + ([True] if frozen else []):
+                    t0 = time.perf_counter()
+                    if control:
+                        r = run_frozen(rule, data, net, seed, epochs, options, device)
+                        controls.append(r)
+                    else:
+                        r = run_trained(rule, data, net, seed, epochs, options, device,
+                                        memory=not args.no_memory)
+                        runs.append(r)
+                    print(f"#   {setting} {rule} seed {seed}{' frozen' if control else ''}: "
+                          f"{r['acc']:.4f} ({r['secs']:.1f} s train, "
+                          f"{time.perf_counter() - t0:.1f} s wall)", flush=True)
+            row = (setting, rule, str(epochs))
+            if trained:
+                one_step = [r["one_step"] for r in runs if r["one_step"] is not None]
+                peaks = [r["peak"] for r in runs if r["peak"] is not None]
+                row += (f"{runs[0]['params'] / 1e6:.2f}M", mean_std([r["acc"] for r in runs]),
+                        mean_std(one_step) if one_step else "-",
+                        f"{statistics.mean(r['secs'] for r in runs):.1f}",
+                        f"{statistics.mean(r['rate'] for r in runs):.0f}",
+                        f"{statistics.mean(peaks):.1f}" if peaks else "-")
+            if frozen:
+                row += (mean_std([c["acc"] for c in controls]),)
+                if trained:
+                    row += (mean_std([r["acc"] - c["acc"] for r, c in zip(runs, controls,
+                                                                          strict=True)],
+                                     signed=True),)
+                row += (f"{controls[0]['params'] / 1e6:.2f}M",)
+            print("#   row: | " + " | ".join(row) + " |", flush=True)  # kept if cut short
             rows.append(row)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
