@@ -134,9 +134,10 @@ def main() -> None:
                         r = run_trained(rule, data, net, seed, epochs, options, device,
                                         memory=not args.no_memory)
                         runs.append(r)
+                    one = f", 1-step {r['one_step']:.4f}" if r.get("one_step") is not None else ""
                     print(f"#   {setting} {rule} seed {seed}{' frozen' if control else ''}: "
                           f"{r['acc']:.4f} ({r['secs']:.1f} s train, "
-                          f"{time.perf_counter() - t0:.1f} s wall)", flush=True)
+                          f"{time.perf_counter() - t0:.1f} s wall{one})", flush=True)
             row = (setting, rule, str(epochs))
             if trained:
                 one_step = [r["one_step"] for r in runs if r["one_step"] is not None]
