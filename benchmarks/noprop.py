@@ -21,13 +21,19 @@ then mean ± std over seeds).
     PYTHONPATH=src python benchmarks/noprop.py
     PYTHONPATH=src python benchmarks/noprop.py --settings mnist1d-cnn --seeds 0 --rules noprop-dt
     PYTHONPATH=src python benchmarks/noprop.py --settings mnist5k-cnn --frozen
+
+``--merge LOG ...`` prints the accuracy table (rule, frozen, trained - frozen over the
+seeds both have) from the per-seed lines of earlier outputs, for a table whose seeds
+ran in more than one command; it trains nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -83,6 +89,40 @@ def run_frozen(rule: str, data: str, net: str, seed: int, epochs: int, options: 
             "params": trainable(r.rule)}
 
 
+# "#   mnist5k-cnn noprop-dt seed 1 frozen: 0.9120 (... s wall, 1-step 0.9100)"
+SEED_LINE = re.compile(r"^#   (\S+) (\S+) seed (\d+)( frozen)?: ([0-9.]+) "
+                       r"\(.*?(?:1-step ([0-9.]+))?\)$")
+
+
+def merge(paths: list[str]) -> None:
+    """Accuracy table from the per-seed lines of earlier outputs (a later line for the
+    same setting, rule, seed and kind replaces an earlier one)."""
+    runs: dict[tuple[str, str], dict[str, dict[int, tuple[float, float | None]]]] = {}
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            m = SEED_LINE.match(line)
+            if m:
+                setting, rule, seed, frozen, acc, one = m.groups()
+                kind = "frozen" if frozen else "trained"
+                cell = runs.setdefault((setting, rule), {"trained": {}, "frozen": {}})
+                cell[kind][int(seed)] = (float(acc), float(one) if one else None)
+    header = ("setting", "rule", "seeds", "test accuracy", "1-step accuracy", "frozen seeds",
+              "frozen", "trained - frozen")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for (setting, rule), cell in runs.items():
+        trained, frozen = cell["trained"], cell["frozen"]
+        one = [v[1] for v in trained.values() if v[1] is not None]
+        both = sorted(set(trained) & set(frozen))
+        print("| " + " | ".join((
+            setting, rule, ",".join(map(str, sorted(trained))) or "-",
+            mean_std([v[0] for v in trained.values()]) if trained else "-",
+            mean_std(one) if one else "-", ",".join(map(str, sorted(frozen))) or "-",
+            mean_std([v[0] for v in frozen.values()]) if frozen else "-",
+            mean_std([trained[s][0] - frozen[s][0] for s in both], signed=True)
+            + f" ({len(both)} seeds)" if both else "-")) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rules", default=",".join(RULES))
@@ -97,9 +137,14 @@ def main() -> None:
                    help="run only the frozen controls (no trained runs)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the memory pass of the trained runs (peak MiB shows -)")
+    p.add_argument("--merge", nargs="+", metavar="LOG",
+                   help="print the accuracy table from earlier outputs' per-seed lines")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
+    if args.merge:
+        merge(args.merge)
+        return
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     device = torch.device(args.device)
