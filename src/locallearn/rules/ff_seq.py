@@ -29,7 +29,7 @@ Deviations from the paper: the label enters at each layer's output (a learned
 label embedding per layer) rather than in the input of the first layer; all
 layers learn at once; negatives are random wrong tokens by default (Hinton
 prefers hard ones; here ``negatives="hardest"``, the wrong token of highest
-goodness at that layer, stops improving after 5-9 epochs: on ``gpt:2x32``, 40,000
+goodness at that layer, stops improving after 6-10 epochs: on ``gpt:2x32``, 40,000
 characters, 20 epochs, seeds 0-2, best validation next-character accuracy mean 0.292
 random, 0.257 hardest, level at 8 epochs; docs/results/defaults.md).
 """
