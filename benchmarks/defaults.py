@@ -69,6 +69,8 @@ SWEEPS: dict[str, Sweep] = {
                                       options("target", "clean", "velocity")),
     "noprop-dt-epochs": Sweep("noprop-dt", MNIST5K, MLP, {"defaults": ("--epochs", "20")},
                               curve=(5, 10, 15, 20)),
+    "noprop-dt-epochs-mnist1d": Sweep("noprop-dt", "mnist1d", "cnn",
+                                      {"defaults": ("--epochs", "20")}, curve=(5, 10, 15, 20)),
     **{f"{r}-inference-noise": Sweep(r, MNIST5K, MLP, options("inference_noise", "false", "true"))
        for r in ("noprop-dt", "noprop-ct", "noprop-fm")},
     # The setting ff-seq's docstring names (gpt:2x32, 40,000 characters, 8 epochs) and
