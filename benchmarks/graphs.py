@@ -23,8 +23,8 @@ columns ``frozen`` and ``trained - frozen`` (per seed, then mean ± std).
 Targets (issue 6): the best forward rule within 2 accuracy points of backprop on
 node classification and within 0.03 AUC on link prediction. Train seconds are
 the Trainer's (training steps only, not evaluation); peak memory is the
-Trainer's measure (CUDA allocator peak on GPU; on CPU parameters + gradients +
-optimiser state + saved activations). Timings taken on a shared machine vary
+Trainer's measure (the allocator-level peak of a training step, on CPU and GPU;
+docs/results/memory.md). Timings taken on a shared machine vary
 with its load: report them as measured.
 """
 
