@@ -113,14 +113,19 @@ def merge(paths: list[str]) -> None:
     for (setting, rule), cell in runs.items():
         trained, frozen = cell["trained"], cell["frozen"]
         one = [v[1] for v in trained.values() if v[1] is not None]
+        one_step = mean_std(one) if one else "-"
+        if one and len(one) < len(trained):  # older outputs print no per-seed 1-step
+            one_step += f" ({len(one)} of {len(trained)} seeds)"
         both = sorted(set(trained) & set(frozen))
+        gap = "-"
+        if both:
+            gap = mean_std([trained[s][0] - frozen[s][0] for s in both], signed=True)
+            gap += f" ({len(both)} seed{'s' if len(both) > 1 else ''})"
         print("| " + " | ".join((
             setting, rule, ",".join(map(str, sorted(trained))) or "-",
             mean_std([v[0] for v in trained.values()]) if trained else "-",
-            mean_std(one) if one else "-", ",".join(map(str, sorted(frozen))) or "-",
-            mean_std([v[0] for v in frozen.values()]) if frozen else "-",
-            mean_std([trained[s][0] - frozen[s][0] for s in both], signed=True)
-            + f" ({len(both)} seeds)" if both else "-")) + " |")
+            one_step, ",".join(map(str, sorted(frozen))) or "-",
+            mean_std([v[0] for v in frozen.values()]) if frozen else "-", gap)) + " |")
 
 
 def main() -> None:
