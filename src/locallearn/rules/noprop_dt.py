@@ -94,7 +94,7 @@ def cosine_schedule(steps: int) -> Tensor:
 class NoPropDT(NoPropRule):
     # T networks per step: fewer epochs than ct/fm. A time budget, not a plateau: best
     # validation accuracy from 10 to 20 epochs rises +0.006 on mnist5k mlp:500,500
-    # (seeds 0-2) but +0.096 on mnist1d cnn (seeds 0-1), where --epochs 20 is needed
+    # (seeds 0-2) but +0.103 on mnist1d cnn (seeds 0-2), where --epochs 20 is needed
     # (docs/results/defaults.md).
     defaults = {**NoPropRule.defaults, "epochs": 10}
     streams_losses = True  # block t's graph is freed before block t+1 runs
