@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> None:
         nets = sorted({x["net"] for x in rows if "net" in x})  # rows before 2026-11 lack it
         if len(nets) > 1:
             p.error(f"runs of different networks ({', '.join(nets)}): one table per network")
+        # One row per run: a run in several files (a seed re-run elsewhere) would
+        # otherwise count twice in the means; the last file's row wins.
+        rows = list({key(x): x for x in rows}.values())
         order = {"node": NODE_RULES, "link": LINK_RULES}
         for task in ("node", "link"):
             got = [x for x in rows if x["task"] == task]

@@ -66,3 +66,17 @@ def test_graph_bench_refuses_to_mix_networks(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--from-json", str(a), str(b)])
     assert exit_info.value.code == 2 and "different networks" in capsys.readouterr().err
+
+
+def test_graph_bench_counts_a_run_in_two_files_once(tmp_path, capsys):
+    """A seed re-run into a second file must not weigh twice in the mean."""
+    bench = load_bench()
+    row = {"rule": "sf", "task": "link", "homophily": 0.9, "metric": 0.8,
+           "train_seconds": 1.0, "peak_mib": 2.0}
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text(json.dumps(row | {"seed": 0, "metric": 0.6}) + "\n"
+                 + json.dumps(row | {"seed": 1}) + "\n")
+    b.write_text(json.dumps(row | {"seed": 1}) + "\n")
+    bench.main(["--from-json", str(a), str(b)])
+    # seeds 0 and 1 once each: mean 0.7 (0.733 if seed 1 counted twice)
+    assert "| 0.9 | sf | 0.700 ± 0.141 |" in capsys.readouterr().out
