@@ -1,11 +1,14 @@
-"""Helpers for tests that run ``locallearn`` in subprocesses (stages, replicas) or in-process."""
+"""Helpers for tests that run ``locallearn`` in subprocesses (stages, replicas) or in-process,
+and benchmark scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -16,6 +19,16 @@ from locallearn.training.checkpoint import load_checkpoint
 # digits: 1294 training rows -> batches of 64 and a ragged last one of 14.
 ARGS = ["--rule", "mono-forward", "--data", "digits", "--net", "mlp:32,32,32", "--lr", "3e-3",
         "--batch-size", "64", "--seed", "3", "--quiet"]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/NAME.py`` imported as a module (the folder is not a package)."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    return bench
 
 
 def cli_env(*args, env=None, timeout=120):

@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-
-def load_bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "defaults.py"
-    spec = importlib.util.spec_from_file_location("defaults_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
-    return bench
+from runhelpers import load_benchmark
 
 
 def fake_run(folder: Path, best_val: float, val_curve: list[float]) -> None:
@@ -28,7 +19,7 @@ def fake_run(folder: Path, best_val: float, val_curve: list[float]) -> None:
 
 
 def test_option_table_reads_best_val_accuracy_per_seed(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("defaults")
     for i, vals in enumerate(([0.90, 0.92], [0.80, 0.84])):
         for seed, v in enumerate(vals):
             fake_run(bench.folder(tmp_path, "cff-predict", i, seed), v, [v])
@@ -39,7 +30,7 @@ def test_option_table_reads_best_val_accuracy_per_seed(tmp_path):
 
 
 def test_curve_table_takes_the_best_within_the_first_e_epochs(tmp_path):
-    bench = load_bench()
+    bench = load_benchmark("defaults")
     curve = [0.5, 0.7, 0.6, 0.65] + [0.6] * 5 + [0.75] + [0.8] * 10  # 20 epochs
     fake_run(bench.folder(tmp_path, "noprop-dt-epochs", 0, 0), 0.8, curve)
     rows = bench.table(tmp_path, "noprop-dt-epochs", [0]).splitlines()
@@ -50,7 +41,7 @@ def test_curve_table_takes_the_best_within_the_first_e_epochs(tmp_path):
 def test_every_sweep_lists_its_default_first_and_a_real_rule():
     from locallearn.rules import RULES
 
-    bench = load_bench()
+    bench = load_benchmark("defaults")
     for name, sweep in bench.SWEEPS.items():
         assert sweep.rule in RULES, name
         first_label, first_args = next(iter(sweep.candidates.items()))

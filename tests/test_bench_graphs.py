@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-
-def load_bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "graphs.py"
-    spec = importlib.util.spec_from_file_location("graphs_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from runhelpers import load_benchmark
 
 
 def test_graph_bench_frozen_controls(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_benchmark("graphs")
     out = tmp_path / "r.jsonl"
     bench.main(["--tasks", "node", "--homophily", "0.9", "--seeds", "0", "--nodes", "60",
                 "--epochs", "2", "--net", "gcn:8", "--node-rules", "backprop", "sf",
@@ -37,7 +29,7 @@ def test_graph_bench_frozen_controls(tmp_path, capsys):
 
 
 def test_graph_bench_table_differences_are_per_seed():
-    bench = load_bench()
+    bench = load_benchmark("graphs")
 
     def row(rule, seed, metric, frozen):
         return {"rule": rule, "task": "node", "homophily": 0.5, "seed": seed, "metric": metric,
@@ -57,7 +49,7 @@ def test_graph_bench_table_differences_are_per_seed():
 def test_graph_bench_refuses_to_mix_networks(tmp_path, capsys):
     import pytest
 
-    bench = load_bench()
+    bench = load_benchmark("graphs")
     row = {"rule": "sf", "task": "link", "homophily": 0.9, "seed": 0, "metric": 0.8,
            "train_seconds": 1.0, "peak_mib": 2.0}
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
@@ -70,7 +62,7 @@ def test_graph_bench_refuses_to_mix_networks(tmp_path, capsys):
 
 def test_graph_bench_counts_a_run_in_two_files_once(tmp_path, capsys):
     """A seed re-run into a second file must not weigh twice in the mean."""
-    bench = load_bench()
+    bench = load_benchmark("graphs")
     row = {"rule": "sf", "task": "link", "homophily": 0.9, "metric": 0.8,
            "train_seconds": 1.0, "peak_mib": 2.0}
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-def load_bench():
-    path = Path(__file__).parents[1] / "benchmarks" / "transformers.py"
-    spec = importlib.util.spec_from_file_location("transformers_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from runhelpers import load_benchmark
 
 
 def test_frozen_cells_difference_per_seed():
-    bench = load_bench()
+    bench = load_benchmark("transformers")
     trained = [{"test_accuracy": 0.9}, {"test_accuracy": 0.8}]
     frozen = [{"test_accuracy": 0.5}, {"test_accuracy": 0.6}]
     # per seed: +0.4, +0.2 -> mean +0.3, std 0.1414
@@ -25,7 +16,7 @@ def test_frozen_cells_difference_per_seed():
 
 
 def test_vit_bench_frozen_columns(capsys):
-    bench = load_bench()
+    bench = load_benchmark("transformers")
     bench.main(["vit", "--net", "vit:1x16", "--epochs", "1", "--rules", "backprop",
                 "--frozen"])
     out = capsys.readouterr().out

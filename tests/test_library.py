@@ -21,7 +21,7 @@ import locallearn as ll
 from locallearn.errors import UserError
 from locallearn.export import Predictor
 from locallearn.rules import RULES
-from runhelpers import run_cli
+from runhelpers import load_benchmark, run_cli
 
 RELOAD = r"""
 import json, sys, torch
@@ -378,8 +378,6 @@ def test_crop_flip_is_a_shifted_window_and_seeded():
 
 
 def test_cifar10_augment_option_and_recipe_on_tiny_real_format_files(tmp_path):
-    import importlib.util
-    from pathlib import Path
 
     from datafiles import write_cifar10
 
@@ -391,10 +389,7 @@ def test_cifar10_augment_option_and_recipe_on_tiny_real_format_files(tmp_path):
     assert torch.equal(first, again) and first.shape == (16, 3, 32, 32)
     assert torch.equal(plain, data.val.x[:16])  # val and test are never augmented
 
-    path = Path(__file__).parents[1] / "benchmarks" / "cifar10.py"
-    spec = importlib.util.spec_from_file_location("cifar10_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("cifar10")
     bench.main(["--data-dir", str(tmp_path), "--rules", "backprop,mono-forward", "--net",
                 "cnn:4", "--epochs", "1", "--augment", "--amp", "--workers", "1",
                 "--pin-memory", "--device", "cpu", "--json", str(tmp_path / "r.jsonl")])
