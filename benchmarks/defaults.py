@@ -72,7 +72,7 @@ SWEEPS: dict[str, Sweep] = {
     "noprop-dt-epochs-mnist1d": Sweep("noprop-dt", "mnist1d", "cnn",
                                       {"defaults": ("--epochs", "20")}, curve=(5, 10, 15, 20)),
     **{f"{r}-inference-noise": Sweep(r, MNIST5K, MLP, options("inference_noise", "false", "true"))
-       for r in ("noprop-dt", "noprop-ct", "noprop-fm")},
+       for r in ("noprop-dt", "noprop-ct")},  # noprop-fm has no inference noise
     # The setting ff-seq's docstring names (gpt:2x32, 40,000 characters, 8 epochs) and
     # the rule's default 20 epochs, read off one 20-epoch run.
     "ff-seq-negatives": Sweep("ff-seq", "stdlib-text", "gpt:2x32",

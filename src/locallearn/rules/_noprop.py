@@ -141,6 +141,10 @@ def posterior(abar_r: Tensor, abar_s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return a, b, c
 
 
+INFERENCE_NOISE = Option("inference_noise", bool,
+                         "sample noise at prediction (else the mean path)")
+
+
 class NoPropRule(Rule):
     """Shared state of the NoProp rules: embedding, classifier, inference noise.
 
@@ -164,14 +168,13 @@ class NoPropRule(Rule):
                nullable=True),
         Option("hidden", int, "width of the denoiser's label/time branch", low=1),
         Option("eta", float, "weight of the denoising terms", above=0),
-        Option("inference_noise", bool, "sample noise at prediction (else the mean path)"),
         Option("inference_seed", int, "seed of the prediction noise"),
     )
 
     def __init__(self, network: Network, task: Task, steps: int = 10,
                  inference_steps: int | None = None, embedding: str = "onehot",
                  embed_dim: int | None = None, hidden: int = 256, eta: float = 0.1,
-                 inference_noise: bool = False, inference_seed: int = 0, **unknown) -> None:
+                 inference_seed: int = 0, **unknown) -> None:
         super().__init__(network, task)
         if unknown:  # create_rule checks names against the declarations; direct calls here
             raise UserError(f"rule {self.name!r} has no option {next(iter(unknown))!r}")
@@ -184,7 +187,9 @@ class NoPropRule(Rule):
         self.set_inference_steps(steps if inference_steps is None else inference_steps)
         self.eta = float(eta)
         self.hidden = hidden
-        self.inference_noise = bool(inference_noise)
+        # Only noprop-dt and noprop-ct have a noise term at inference: they declare
+        # INFERENCE_NOISE and set this; noprop-fm's Euler solve has none.
+        self.inference_noise = False
         self.inference_seed = int(inference_seed)
         self.embedding = ClassEmbedding(task.num_classes, embedding, embed_dim)
         # The head of the given network has no role in NoProp (see module docstring).

@@ -62,7 +62,7 @@ from locallearn.data.base import Task
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
-from locallearn.rules._noprop import NoPropRule
+from locallearn.rules._noprop import INFERENCE_NOISE, NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
 
 ABAR_MIN, ABAR_MAX = 1e-3, 0.99
@@ -106,10 +106,13 @@ class MonotoneSchedule(nn.Module):
 @RULES.register("noprop-ct", help="NoProp continuous time: one denoiser, learned noise schedule")
 class NoPropCT(NoPropRule):
 
-    options = (Option("weighting", str, "weight of the loss over time", choices=WEIGHTINGS),)
+    options = (Option("weighting", str, "weight of the loss over time", choices=WEIGHTINGS),
+               INFERENCE_NOISE)
 
-    def __init__(self, network: Network, task: Task, weighting: str = "logsnr", **options) -> None:
+    def __init__(self, network: Network, task: Task, weighting: str = "logsnr",
+                 inference_noise: bool = False, **options) -> None:
         super().__init__(network, task, **options)
+        self.inference_noise = bool(inference_noise)
         self.weighting = weighting
         self.denoiser = self.make_denoiser(fresh=False, out=task.num_classes, time_dim=32)
         self.schedule = MonotoneSchedule()

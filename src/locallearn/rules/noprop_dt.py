@@ -77,7 +77,7 @@ from torch import Tensor, nn
 from locallearn.data.base import Task
 from locallearn.networks.network import Network
 from locallearn.rules import RULES
-from locallearn.rules._noprop import NoPropRule
+from locallearn.rules._noprop import INFERENCE_NOISE, NoPropRule
 from locallearn.rules.base import ParamGroup, cross_entropy
 
 ABAR_MIN, ABAR_MAX = 1e-3, 0.99
@@ -99,8 +99,12 @@ class NoPropDT(NoPropRule):
     defaults = {**NoPropRule.defaults, "epochs": 10}
     streams_losses = True  # block t's graph is freed before block t+1 runs
 
-    def __init__(self, network: Network, task: Task, **options) -> None:
+    options = (INFERENCE_NOISE,)
+
+    def __init__(self, network: Network, task: Task, inference_noise: bool = False,
+                 **options) -> None:
         super().__init__(network, task, **options)
+        self.inference_noise = bool(inference_noise)
         c = task.num_classes
         self.blocks = nn.ModuleList([self.make_denoiser(fresh=t > 0, out=c)
                                      for t in range(self.steps)])

@@ -31,8 +31,8 @@ Deviations from the paper:
   collapsing all prototypes onto each other. No gradient reaches them through the
   network's input z_t.
 * No classifier: the prediction is the nearest embedding to z_1. Inference is the
-  deterministic Euler solve, with no noise term, so ``inference_noise=True`` is refused
-  (it used to be accepted and ignored).
+  deterministic Euler solve, with no noise term, so it has no ``inference_noise``
+  option (an unknown option, refused like any other).
 * Per-step readouts (``per_block_test_accuracy``): the nearest embedding to the end
   point û of each step, then to z_1.
 * Architecture as in noprop-ct (the network from ``--net`` embeds x; two FC layers
@@ -45,7 +45,6 @@ import torch
 from torch import Tensor
 
 from locallearn.data.base import Task
-from locallearn.errors import UserError
 from locallearn.networks.network import Network
 from locallearn.options import Option
 from locallearn.rules import RULES
@@ -63,9 +62,6 @@ class NoPropFM(NoPropRule):
 
     def __init__(self, network: Network, task: Task, target: str = "clean", **options) -> None:
         super().__init__(network, task, **options)
-        if self.inference_noise:  # else accepted and silently ignored
-            raise UserError("noprop-fm has no inference_noise: its inference is Euler steps of "
-                            "an ODE, with no noise term (noprop-dt and noprop-ct have one)")
         self.target = target
         out = task.num_classes if target == "clean" else self.embedding.dim
         self.denoiser = self.make_denoiser(fresh=False, out=out, time_dim=32)
