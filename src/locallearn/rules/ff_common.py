@@ -121,9 +121,7 @@ class LabelEmbedding(nn.Module):
         positions = math.prod(task.input_shape[1:]) if self.mode == "channel" else 1
         self.scale = scale / math.sqrt(positions)
         self.append = self.mode == "append"
-        size = 1
-        for d in task.input_shape:
-            size *= d
+        size = math.prod(task.input_shape)
         if self.mode == "append":
             widen_first_linear(network, task.num_classes)
         elif self.mode == "channel":
